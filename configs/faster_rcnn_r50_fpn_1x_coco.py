@@ -1,0 +1,8 @@
+# Faster R-CNN, ResNet-50 FPN, 1x schedule on COCO 2017: the baseline the PISA
+# configs change.
+_base_ = [
+    '_base_/models/faster-rcnn_r50_fpn.py',
+    '_base_/datasets/coco_detection.py',
+    '_base_/schedules/schedule_1x.py',
+    '_base_/default_runtime.py',
+]

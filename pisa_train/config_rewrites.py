@@ -1,0 +1,151 @@
+"""Pure ``cfg -> cfg`` rewrites that the command-line flags make to an MMEngine config.
+
+Each function returns a new config and leaves its argument untouched, so the
+commands can be tested by looking at the config they would hand to MMEngine,
+without torch or a GPU. The semantics follow MMDetection 3.3.0's tools/train.py
+and tools/test.py wherever those have the same flag.
+"""
+from __future__ import annotations
+
+import copy
+import os.path as osp
+
+from pisa_train.errors import CheckpointError, ConfigError, UsageError
+
+LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
+
+
+def _copy(cfg):
+    return copy.deepcopy(cfg)
+
+
+def set_launcher(cfg, launcher: str):
+    if launcher not in LAUNCHERS:
+        raise UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not '{launcher}'")
+    cfg = _copy(cfg)
+    cfg.launcher = launcher
+    return cfg
+
+
+def apply_work_dir(cfg, work_dir: str | None, config_path: str):
+    """The work dir is decided in this order: --work-dir, then the config's
+    ``work_dir``, then ``work_dirs/<config file name without .py>`` (as MMDetection does)."""
+    cfg = _copy(cfg)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(config_path))[0])
+    return cfg
+
+
+def enable_amp(cfg):
+    """Mixed precision: MMEngine's AmpOptimWrapper with a dynamic loss scale."""
+    cfg = _copy(cfg)
+    cfg.optim_wrapper.type = "AmpOptimWrapper"
+    cfg.optim_wrapper.loss_scale = "dynamic"
+    return cfg
+
+
+def enable_auto_scale_lr(cfg):
+    """Let MMEngine scale the learning rate by (total batch size / base_batch_size)."""
+    scale = cfg.get("auto_scale_lr")
+    if not scale or "base_batch_size" not in scale:
+        raise ConfigError("--auto-scale-lr needs auto_scale_lr = dict(enable=False, base_batch_size=N) in the "
+                          "config (N: the total batch size its learning rate was tuned for; 16 for COCO 1x)")
+    cfg = _copy(cfg)
+    cfg.auto_scale_lr.enable = True
+    return cfg
+
+
+def apply_resume(cfg, resume: str | None):
+    """``--resume`` alone resumes from the newest checkpoint in the work dir
+    (MMEngine reads ``last_checkpoint`` there); ``--resume PATH`` from that file."""
+    if resume is None:
+        return cfg
+    cfg = _copy(cfg)
+    cfg.resume = True
+    if resume == "auto":
+        cfg.load_from = None
+    else:
+        if not osp.isfile(resume):
+            raise CheckpointError(f"--resume checkpoint {resume} not found; give the path of a .pth file, or "
+                                  f"--resume alone to continue from the newest checkpoint in the work dir")
+        cfg.load_from = resume
+    return cfg
+
+
+def apply_seed(cfg, seed: int | None, deterministic: bool = False):
+    if seed is None:
+        return cfg
+    cfg = _copy(cfg)
+    randomness = dict(cfg.get("randomness") or {})
+    randomness["seed"] = seed
+    if deterministic:
+        randomness["deterministic"] = True
+    cfg.randomness = randomness
+    return cfg
+
+
+def limit_iterations(cfg, max_iters: int | None):
+    """Stop after ``max_iters`` training iterations: a quick check that a config trains.
+
+    The run becomes iteration-based (MMEngine's IterBasedTrainLoop), saves a
+    checkpoint at the last iteration (or at the config's own iteration interval,
+    if it checkpoints by iteration), logs every iteration up to the config's
+    interval, and skips validation: run pisa-eval on the checkpoint for that.
+    """
+    if max_iters is None:
+        return cfg
+    if max_iters < 1:
+        raise UsageError(f"--max-iters must be at least 1, not {max_iters}")
+    cfg = _copy(cfg)
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters,
+                         val_interval=max_iters, val_begin=max_iters + 1)
+    checkpoint = cfg.default_hooks.get("checkpoint")
+    if checkpoint is not None and checkpoint.get("by_epoch", True):
+        checkpoint.by_epoch = False
+        checkpoint.interval = max_iters
+    logger = cfg.default_hooks.get("logger")
+    if logger is not None:
+        logger.interval = min(logger.get("interval", 50), max_iters)
+    if cfg.get("log_processor") is not None:
+        cfg.log_processor.by_epoch = False
+    return cfg
+
+
+def apply_device(cfg, device: str):
+    """On CPU, distributed runs use the gloo backend (nccl needs GPUs)."""
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda, not '{device}'")
+    cfg = _copy(cfg)
+    if device == "cpu":
+        env_cfg = cfg.setdefault("env_cfg", {})
+        env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"
+    return cfg
+
+
+def apply_checkpoint_for_testing(cfg, checkpoint: str):
+    if not osp.isfile(checkpoint):
+        raise CheckpointError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "
+                              f"pisa-train (work_dirs/<config>/epoch_N.pth or iter_N.pth)")
+    cfg = _copy(cfg)
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    return cfg
+
+
+def enable_show_dir(cfg, show_dir: str | None):
+    """Draw predicted boxes on the test images into ``show_dir`` with MMDetection's
+    DetVisualizationHook. A relative ``show_dir`` is taken from the current
+    directory, like every other path on the command line (MMDetection's test.py
+    puts it under work_dir/<timestamp>/ instead, which people then search for)."""
+    if show_dir is None:
+        return cfg
+    hook = cfg.get("default_hooks", {}).get("visualization")
+    if hook is None:
+        raise ConfigError("--show-dir needs default_hooks.visualization = dict(type='DetVisualizationHook') "
+                          "in the config")
+    cfg = _copy(cfg)
+    cfg.default_hooks.visualization.draw = True
+    cfg.default_hooks.visualization.test_out_dir = osp.abspath(show_dir)
+    return cfg

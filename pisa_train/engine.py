@@ -1,0 +1,68 @@
+"""Hand a finished config to MMEngine: build the Runner and train or test.
+
+Everything that decides *what* runs lives in the config (see config_rewrites);
+this module only prepares what the config names (the demo's synthetic data),
+says what the run will do, and starts MMEngine with checkpoint loading made
+safe for torch >= 2.6 (see safe_checkpoint_loading).
+"""
+from __future__ import annotations
+
+import os.path as osp
+
+from pisa_train.dataset_presence import check_dataset_present, innermost_dataset
+from pisa_train.synthetic_shapes import ensure_synthetic_dataset
+
+
+def prepare_datasets(cfg, dataloader_keys) -> None:
+    note = ensure_synthetic_dataset(cfg)
+    if note:
+        print(f"[pisa-train] {note}", flush=True)
+    check_dataset_present(cfg, dataloader_keys)
+
+
+def describe_run(cfg, device: str) -> list[str]:
+    """What the run will do, in the words of its config, logged before it starts."""
+    lines = [f"config: {cfg.filename}", f"work dir: {osp.abspath(cfg.work_dir)}",
+             f"device: {device}, launcher: {cfg.get('launcher', 'none')}"]
+    train_loader = cfg.get("train_dataloader") or {}
+    dataset = innermost_dataset(train_loader.get("dataset")) or {}
+    classes = (dataset.get("metainfo") or {}).get("classes")
+    bbox_head = cfg.model.get("roi_head", {}).get("bbox_head", {})
+    lines.append(f"train data: {dataset.get('type')} at {dataset.get('data_root')} ({dataset.get('ann_file')}); "
+                 f"classes: {', '.join(classes) if classes else 'from the annotation file'}; "
+                 f"num_classes: {bbox_head.get('num_classes')}")
+    lr = cfg.optim_wrapper.get("optimizer", {}).get("lr")
+    scale = cfg.get("auto_scale_lr") or {}
+    lr_note = (f", scaled by total batch / {scale.get('base_batch_size')} (--auto-scale-lr)"
+               if scale.get("enable") else "")
+    lines.append(f"batch size per process: {train_loader.get('batch_size')}; learning rate: {lr}{lr_note}; "
+                 f"optimizer wrapper: {cfg.optim_wrapper.get('type')}")
+    loop = cfg.train_cfg
+    length = (f"{loop.get('max_iters')} iterations" if "max_iters" in loop
+              else f"{loop.get('max_epochs')} epochs")
+    lines.append(f"schedule: {loop.get('type')}, {length}")
+    if cfg.get("resume"):
+        lines.append(f"resuming from {cfg.get('load_from') or 'the newest checkpoint in the work dir'}")
+    return lines
+
+
+def build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from pisa_train.safe_checkpoint_loading import allow_mmengine_checkpoints
+
+    allow_mmengine_checkpoints()
+    if "runner_type" in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def run_training(cfg) -> None:
+    runner = build_runner(cfg)
+    runner.train()
+
+
+def run_testing(cfg) -> dict:
+    runner = build_runner(cfg)
+    return runner.test()

@@ -1,0 +1,35 @@
+"""The errors pisa-train reports to users as one line and an exit code.
+
+Raise one of these where a user's input is wrong, with a message that says what
+was expected, what was found and how to fix it. ``error_reporting`` turns them
+into a line on stderr and the exit code named here.
+"""
+from pisa_train import exit_codes
+
+
+class PisaError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+    exit_code = exit_codes.UNEXPECTED_ERROR
+
+
+class UsageError(PisaError):
+    exit_code = exit_codes.USAGE_ERROR
+
+
+class ConfigError(PisaError):
+    exit_code = exit_codes.CONFIG_ERROR
+
+
+class DataError(PisaError):
+    exit_code = exit_codes.DATA_ERROR
+
+
+class CheckpointError(PisaError):
+    exit_code = exit_codes.CHECKPOINT_ERROR
+
+
+class EnvironmentProblem(PisaError):
+    """A package, a compiled op or a device that the run needs is missing."""
+
+    exit_code = exit_codes.ENVIRONMENT_ERROR

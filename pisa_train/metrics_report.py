@@ -1,0 +1,45 @@
+"""The COCO bbox metrics of an evaluation as a table and as JSON."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# MMDetection's CocoMetric keys -> the names people quote in papers.
+COCO_BBOX_METRICS = (
+    ("AP", "coco/bbox_mAP"),
+    ("AP50", "coco/bbox_mAP_50"),
+    ("AP75", "coco/bbox_mAP_75"),
+    ("APs", "coco/bbox_mAP_s"),
+    ("APm", "coco/bbox_mAP_m"),
+    ("APl", "coco/bbox_mAP_l"),
+)
+
+
+def coco_bbox_summary(metrics: dict) -> dict:
+    """Pick the six COCO bbox numbers out of ``Runner.test()``'s result."""
+    missing = [key for _, key in COCO_BBOX_METRICS if key not in metrics]
+    if missing:
+        from pisa_train.errors import ConfigError
+
+        raise ConfigError(f"the test evaluator reported {sorted(metrics)} but not {missing}; pisa-eval needs "
+                          f"test_evaluator = dict(type='CocoMetric', metric='bbox', ...)")
+    return {name: float(metrics[key]) for name, key in COCO_BBOX_METRICS}
+
+
+def format_metrics_table(summary: dict) -> str:
+    names = list(summary)
+    widths = [max(len(n), 6) for n in names]
+    header = " | ".join(n.rjust(w) for n, w in zip(names, widths))
+    rule = "-+-".join("-" * w for w in widths)
+    values = " | ".join(f"{summary[n]:.3f}".rjust(w) for n, w in zip(names, widths))
+    return f"COCO bbox metrics\n{header}\n{rule}\n{values}"
+
+
+def write_metrics_json(path: str, summary: dict, **context) -> None:
+    """Write atomically, so that a reader never sees half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps({"bbox": summary, **context}, indent=2) + "\n")
+    os.replace(temporary, target)

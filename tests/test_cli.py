@@ -1,0 +1,155 @@
+"""Level (a): the command lines, asserting on the config each would hand to MMEngine, and
+on the one-line errors and exit codes users see for bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO_CONFIG, REPO_ROOT, X101_PISA_CONFIG
+from pisa_train import exit_codes
+from pisa_train.cli import evaluate as eval_cli
+from pisa_train.cli import train as train_cli
+
+
+def train_config(*argv, device="cpu"):
+    args = train_cli.build_parser().parse_args([str(a) for a in argv])
+    return train_cli.build_config(args, device)
+
+
+def test_work_dir_precedence_command_line_then_config_then_file_name(tmp_path):
+    assert train_config(X101_PISA_CONFIG, "--work-dir", tmp_path / "w").work_dir == str(tmp_path / "w")
+    from_config = train_config(X101_PISA_CONFIG, "--cfg-options", "work_dir=/somewhere/else")
+    assert from_config.work_dir == "/somewhere/else"
+    assert train_config(X101_PISA_CONFIG).work_dir == "./work_dirs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco"
+
+
+def test_cfg_options_values_are_parsed_like_mmengine_dictaction():
+    cfg = train_config(X101_PISA_CONFIG, "--cfg-options", "train_dataloader.batch_size=4",
+                       "model.backbone.init_cfg=None", "optim_wrapper.optimizer.lr=0.01",
+                       "model.rpn_head.anchor_generator.ratios=[0.5,1.0]",
+                       "train_dataloader.dataset.metainfo.classes=(a,b)")
+    assert cfg.train_dataloader.batch_size == 4
+    assert cfg.model.backbone.init_cfg is None
+    assert cfg.optim_wrapper.optimizer.lr == 0.01
+    assert cfg.model.rpn_head.anchor_generator.ratios == [0.5, 1.0]
+    assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == ("a", "b")
+
+
+def test_flags_rewrite_the_config_as_mmdetection_train_does(tmp_path):
+    checkpoint = tmp_path / "epoch_3.pth"
+    checkpoint.write_bytes(b"not read here")
+    cfg = train_config(X101_PISA_CONFIG, "--amp", "--auto-scale-lr", "--resume", checkpoint,
+                       "--seed", "7", "--launcher", "pytorch")
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.optim_wrapper.loss_scale == "dynamic"
+    assert cfg.auto_scale_lr.enable is True and cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.resume is True and cfg.load_from == str(checkpoint)
+    assert cfg.randomness.seed == 7
+    assert cfg.launcher == "pytorch"
+    bare = train_config(X101_PISA_CONFIG, "--resume")
+    assert bare.resume is True and bare.load_from is None
+
+
+def test_max_iters_makes_an_iteration_based_run_without_validation():
+    cfg = train_config(X101_PISA_CONFIG, "--max-iters", "2")
+    assert cfg.train_cfg.type == "IterBasedTrainLoop" and cfg.train_cfg.max_iters == 2
+    assert cfg.train_cfg.val_begin > cfg.train_cfg.max_iters  # no validation in a quick check
+    assert cfg.default_hooks.checkpoint.by_epoch is False and cfg.default_hooks.checkpoint.interval == 2
+    assert cfg.default_hooks.logger.interval == 2
+    untouched = train_config(X101_PISA_CONFIG)
+    assert untouched.train_cfg.type == "EpochBasedTrainLoop" and untouched.train_cfg.max_epochs == 12
+
+
+def test_cpu_runs_use_gloo_for_distributed_and_cuda_runs_keep_nccl():
+    assert train_config(X101_PISA_CONFIG, device="cpu").env_cfg.dist_cfg.backend == "gloo"
+    assert train_config(X101_PISA_CONFIG, device="cuda").env_cfg.dist_cfg.backend == "nccl"
+
+
+def test_eval_config_loads_the_checkpoint_and_draws_into_show_dir(tmp_path):
+    checkpoint = tmp_path / "iter_2.pth"
+    checkpoint.write_bytes(b"x")
+    args = eval_cli.build_parser().parse_args([str(DEMO_CONFIG), str(checkpoint), "--show-dir", str(tmp_path / "vis"),
+                                               "--work-dir", str(tmp_path / "w")])
+    cfg = eval_cli.build_config(args, "cpu")
+    assert cfg.load_from == str(checkpoint) and not cfg.resume
+    assert cfg.default_hooks.visualization.draw is True
+    assert cfg.default_hooks.visualization.test_out_dir == str(tmp_path / "vis")
+    assert cfg.work_dir == str(tmp_path / "w")
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["configs/no_such_config.py"], exit_codes.CONFIG_ERROR, "config file configs/no_such_config.py not found"),
+    (["configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_cocoo.py"], exit_codes.CONFIG_ERROR,
+     "did you mean configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py?"),
+    ([str(X101_PISA_CONFIG), "--cfg-options", "train_dataloader.batch_size"], exit_codes.CONFIG_ERROR,
+     "--cfg-options item 'train_dataloader.batch_size' is not KEY=VALUE"),
+    ([str(X101_PISA_CONFIG), "--cfg-options", "model.backbone.out_indices=[0,1"], exit_codes.CONFIG_ERROR,
+     "cannot be parsed"),
+    ([str(X101_PISA_CONFIG), "--resume", "missing.pth"], exit_codes.CHECKPOINT_ERROR,
+     "--resume checkpoint missing.pth not found"),
+    ([str(X101_PISA_CONFIG), "--max-iters", "0"], exit_codes.USAGE_ERROR, "--max-iters must be at least 1"),
+])
+def test_bad_input_gets_one_clear_line_and_an_exit_code(argv, code, message, capsys, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    assert train_cli.main(argv + ["--device", "cpu"]) == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_with_a_syntax_error_is_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text("_base_ = './x.py'\nmodel = dict(type='FasterRCNN'\n")
+    assert train_cli.main([str(broken), "--device", "cpu"]) == exit_codes.CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert "syntax error" in err and str(broken) in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_coco_data_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no data/coco here
+    code = train_cli.main([str(X101_PISA_CONFIG), "--device", "cpu", "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == exit_codes.DATA_ERROR
+    assert "data/coco/annotations/instances_train2017.json not found" in err
+    assert "pisa-data download coco2017 --dest data/coco" in err
+    assert not (tmp_path / "w").exists()  # nothing started, nothing written
+
+
+def test_eval_bad_input(tmp_path, capsys):
+    assert eval_cli.main([str(DEMO_CONFIG), str(tmp_path / "none.pth"), "--device", "cpu"]) == exit_codes.CHECKPOINT_ERROR
+    assert "checkpoint" in capsys.readouterr().err
+    checkpoint = tmp_path / "c.pth"
+    checkpoint.write_bytes(b"x")
+    assert eval_cli.main([str(DEMO_CONFIG), str(checkpoint), "--out", "m.pkl", "--device", "cpu"]) == exit_codes.USAGE_ERROR
+    assert "ending in .json" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_asked_for_but_absent(capsys):
+    assert train_cli.main([str(X101_PISA_CONFIG), "--device", "cuda"]) == exit_codes.ENVIRONMENT_ERROR
+    assert "--device cuda asked for, but no CUDA GPU is visible" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["train", "evaluate"])
+def test_help_imports_neither_torch_nor_mmdet(module):
+    code = (f"import sys\nfrom pisa_train.cli.{module} import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "heavy = sorted(m for m in ('torch', 'mmdet', 'mmengine', 'mmcv') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage:" in out
+    assert "HEAVY []" in out
+
+
+def test_unexpected_errors_are_one_line_with_a_debug_hint(capsys):
+    from pisa_train.error_reporting import run_reporting_errors
+
+    def broken():
+        raise RuntimeError("something upstream broke\nsecond line")
+
+    assert run_reporting_errors("pisa-x", broken) == exit_codes.UNEXPECTED_ERROR
+    err = capsys.readouterr().err
+    assert err.strip() == "pisa-x: error: RuntimeError: something upstream broke (rerun with --debug for the traceback)"
+    assert run_reporting_errors("pisa-x", broken, debug=True) == exit_codes.UNEXPECTED_ERROR
+    assert "Traceback" in capsys.readouterr().err
