@@ -227,6 +227,9 @@ def build_mmcv_wheel(plan: dict, pins: dict) -> Path:
 
         env = dict(os.environ)
         env["MMCV_WITH_OPS"] = "1"
+        # Python's own CFLAGS carry -g; debug info makes the build slower and the
+        # wheel several times larger, and nobody debugs mmcv's kernels from it.
+        env["CFLAGS"] = (env.get("CFLAGS", "") + " -g0").strip()
         env.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
         if plan["with_cuda"]:
             env["FORCE_CUDA"] = "1"

@@ -1,0 +1,115 @@
+"""``pisa-data``: get datasets and pretrained weights, and check a dataset folder.
+
+    pisa-data download coco2017 --dest data/coco
+    pisa-data download URL --dest data/NAME      (Roboflow COCO export link, or a zip/tar)
+    pisa-data check DIR
+    pisa-data weights [--dest DIR] [--only NAME]
+
+Downloads resume after an interruption, are verified, and are skipped when
+already done. This command prepares files; it does not train (pisa-train does)
+and imports neither torch nor mmdet.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pisa_train.error_reporting import run_reporting_errors
+from pisa_train.errors import DataError
+
+PROG = "pisa-data"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Download and check datasets and pretrained weights for pisa-train.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress display (errors and results are still printed)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    download = commands.add_parser(
+        "download", parents=[common], help="download and extract a dataset",
+        description="Download a dataset archive, verify it, and extract it safely into --dest.",
+        epilog="Examples: pisa-data download coco2017 --dest data/coco; "
+               "pisa-data download 'https://public.roboflow.com/ds/ID?key=KEY' --dest data/NAME")
+    download.add_argument("source", metavar="coco2017|URL",
+                          help="`coco2017`, a Roboflow COCO JSON export link, or the URL of a zip/tar archive")
+    download.add_argument("--dest", required=True, help="dataset folder to create or complete")
+    download.add_argument("--keep-archives", action="store_true", help="keep the archives after extracting them")
+    download.add_argument("--sha256", help="expected SHA-256 of the archive at URL (checked if given)")
+    download.add_argument("--md5", help="expected MD5 of the archive at URL (checked if given)")
+
+    check = commands.add_parser(
+        "check", parents=[common], help="validate a dataset folder and print its table",
+        description="Check a COCO-format dataset folder: annotation files, images and boxes. "
+                    "Exits non-zero when it finds errors; warnings alone exit 0.")
+    check.add_argument("folder", metavar="DIR", help="dataset folder (Roboflow, COCO 2017, or json + images/)")
+    check.add_argument("--quick", action="store_true",
+                       help="only check that image files exist, without opening them")
+
+    weights = commands.add_parser(
+        "weights", parents=[common], help="download the pretrained weights the configs use",
+        description="Fetch the ImageNet ResNeXt-101 32x4d backbone and the released PISA checkpoint into "
+                    "the folder where mmengine looks for them ($TORCH_HOME/hub/checkpoints).")
+    weights.add_argument("--dest", help="folder to put them in instead (then point TORCH_HOME or the config at it)")
+    weights.add_argument("--only", action="append", metavar="NAME",
+                         help="fetch only these (repeatable): resnext101_32x4d, "
+                              "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco")
+    return parser
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from pisa_train import dataset_downloads
+    from pisa_train.dataset_layout import describe_dataset
+
+    if args.source == "coco2017":
+        layout = dataset_downloads.download_coco2017(args.dest, keep_archives=args.keep_archives,
+                                                     progress=args.progress)
+    else:
+        layout = dataset_downloads.download_dataset_url(args.source, args.dest, sha256=args.sha256, md5=args.md5,
+                                                        keep_archive=args.keep_archives, progress=args.progress)
+    print(describe_dataset(layout), flush=True)
+    print(f"next: pisa-data check {args.dest}", flush=True)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from pisa_train.dataset_check import check_dataset, render_report
+
+    report = check_dataset(args.folder, open_images=not args.quick, progress=args.progress)
+    print(render_report(report), flush=True)
+    if report.errors:
+        raise DataError(f"{len(report.errors)} errors in dataset {args.folder} (listed above); fix them and run "
+                        f"`pisa-data check {args.folder}` again")
+    return 0
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    from pisa_train.pretrained_weights import fetch_weights, torch_checkpoints_dir
+
+    paths = fetch_weights(args.only, args.dest, progress=args.progress)
+    for path in paths:
+        print(f"ready: {path}", flush=True)
+    if args.dest is not None and paths and paths[0].parent.resolve() != torch_checkpoints_dir().resolve():
+        print(f"note: mmengine looks in {torch_checkpoints_dir()}; set TORCH_HOME so that "
+              f"$TORCH_HOME/hub/checkpoints is {paths[0].parent}, or give the file path in the config",
+              flush=True)
+    return 0
+
+
+_COMMANDS = {"download": run_download, "check": run_check, "weights": run_weights}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error argparse already printed
+        return int(exit_request.code or 0)
+    return run_reporting_errors(PROG, lambda: _COMMANDS[args.command](args), debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""pisa-data check: every error and warning, each found and reported with its file and fix."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pisa_train.cli.data import main
+from pisa_train.dataset_check import check_dataset, render_report
+from pisa_train.exit_codes import DATA_ERROR
+from tiny_coco import coco_dict, copy_roboflow_fixture, make_roboflow
+
+
+def _edit_annotations(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_roboflow(tmp_path / "ds", splits=("train", "valid"))
+
+
+def _messages(report, severity="error"):
+    problems = report.errors if severity == "error" else report.warnings
+    return [f"{problem.file}: {problem.message}" for problem in problems]
+
+
+def test_clean_dataset_has_no_problems_and_a_table(dataset):
+    report = check_dataset(dataset)
+    assert report.problems == []
+    text = render_report(report)
+    assert "train" in text and "valid/_annotations.coco.json" in text
+    assert [(s.split, s.images, s.boxes) for s in report.splits] == [("train", 2, 2), ("val", 2, 2)]
+    assert report.classes == ["cat", "dog"] and report.root_categories == ["things"]
+    assert "0 errors, 0 warnings" in text
+
+
+def test_real_roboflow_export_passes(tmp_path, capsys):
+    copy = copy_roboflow_fixture(tmp_path)
+    assert main(["check", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "shuttlecock" in out and "36" in out and "0 errors" in out
+
+
+def test_missing_image(dataset):
+    (dataset / "train" / "a.jpg").unlink()
+    assert _messages(check_dataset(dataset)) == [
+        "train/_annotations.coco.json: image train/a.jpg not found; restore the file or remove its entry "
+        "from train/_annotations.coco.json"]
+
+
+def test_unreadable_image(dataset):
+    (dataset / "valid" / "b.jpg").write_bytes(b"not really a jpeg")
+    [message] = _messages(check_dataset(dataset))
+    assert message.startswith("valid/_annotations.coco.json: image valid/b.jpg cannot be read")
+    assert "replace the file or remove its entry" in message
+
+
+def test_quick_check_does_not_open_images(dataset):
+    (dataset / "valid" / "b.jpg").write_bytes(b"not really a jpeg")
+    assert check_dataset(dataset, open_images=False).errors == []
+
+
+@pytest.mark.parametrize("box, expected", [
+    ([5, 5, 0, 10], "zero or negative size (0x10)"),
+    ([5, 5, 10, -3], "zero or negative size (10x-3)"),
+    ([50, 5, 30, 10], "lies outside the 64x48 image"),
+    ([-8, 5, 10, 10], "lies outside the 64x48 image"),
+    ("5,5,10,10", "not [x, y, width, height]"),
+])
+def test_bad_boxes(dataset, box, expected):
+    _edit_annotations(dataset / "train" / "_annotations.coco.json",
+                      lambda data: data["annotations"][0].update(bbox=box))
+    [message] = _messages(check_dataset(dataset))
+    assert expected in message and "image a.jpg" in message
+
+
+def test_box_overhanging_by_rounding_is_accepted(dataset):
+    _edit_annotations(dataset / "train" / "_annotations.coco.json",
+                      lambda data: data["annotations"][0].update(bbox=[44, 5, 20.4, 10]))
+    assert check_dataset(dataset).errors == []
+
+
+def test_malformed_json(dataset):
+    (dataset / "valid" / "_annotations.coco.json").write_text('{"images": [')
+    [message] = _messages(check_dataset(dataset))
+    assert "valid/_annotations.coco.json is not valid JSON" in message and "COCO JSON format" in message
+
+
+@pytest.mark.parametrize("missing", ["images", "annotations", "categories"])
+def test_json_that_is_not_coco(dataset, missing):
+    _edit_annotations(dataset / "valid" / "_annotations.coco.json", lambda data: data.pop(missing))
+    [message] = _messages(check_dataset(dataset))
+    assert f"is not COCO: missing '{missing}'" in message
+
+
+def test_categories_differing_between_splits(dataset):
+    _edit_annotations(dataset / "valid" / "_annotations.coco.json",
+                      lambda data: data["categories"][2].update(name="wolf"))
+    [message] = _messages(check_dataset(dataset))
+    assert message.startswith("valid/_annotations.coco.json: categories differ from train/_annotations.coco.json")
+    assert "missing ['dog'], extra ['wolf']" in message
+
+
+def test_duplicate_class_names(tmp_path):
+    categories = [{"id": 1, "name": "cat", "supercategory": "none"}, {"id": 2, "name": "cat", "supercategory": "none"}]
+    root = make_roboflow(tmp_path / "ds", splits=("train",), data=coco_dict(categories=categories))
+    [message] = _messages(check_dataset(root))
+    assert "class name 'cat' is used by 2 categories; merge or rename them" in message
+
+
+def test_warnings_for_images_and_classes_without_boxes_exit_zero(tmp_path, capsys):
+    data = coco_dict(image_names=("a.jpg", "b.jpg", "c.jpg"), boxes=[(0, 1, [5, 5, 20, 10])])
+    root = make_roboflow(tmp_path / "ds", splits=("train",), data=data)
+    report = check_dataset(root)
+    assert report.errors == []
+    warnings = " | ".join(_messages(report, "warning"))
+    assert "2 of 3 images have no boxes (b.jpg, c.jpg)" in warnings
+    assert "class 'dog' has no boxes in any split" in warnings
+    assert "things" not in warnings  # the root category is not a class
+    assert main(["check", str(root)]) == 0
+    assert "warnings (2)" in capsys.readouterr().out
+
+
+def test_all_problems_are_reported_not_only_the_first(dataset, capsys):
+    (dataset / "train" / "a.jpg").unlink()
+    _edit_annotations(dataset / "train" / "_annotations.coco.json",
+                      lambda data: data["annotations"][1].update(bbox=[5, 5, 0, 0]))
+    (dataset / "valid" / "b.jpg").write_bytes(b"junk")
+    _edit_annotations(dataset / "valid" / "_annotations.coco.json",
+                      lambda data: data["categories"].append({"id": 9, "name": "cat", "supercategory": "x"}))
+    report = check_dataset(dataset)
+    kinds = sorted(problem.kind for problem in report.errors)
+    assert kinds == ["category-mismatch", "empty-box", "missing-image", "unreadable-image"]
+    assert main(["check", str(dataset)]) == DATA_ERROR
+    captured = capsys.readouterr()
+    assert "errors (4):" in captured.out
+    assert "pisa-data: error: 4 errors in dataset" in captured.err
+
+
+def test_many_problems_of_one_kind_are_summarised(tmp_path):
+    data = coco_dict(image_names=[f"{i}.jpg" for i in range(15)], boxes=[(i, 1, [60, 5, 20, 10]) for i in range(15)])
+    root = make_roboflow(tmp_path / "ds", splits=("train",), data=data)
+    report = check_dataset(root, open_images=False)
+    assert len(report.errors) == 15
+    text = render_report(report, max_per_group=10)
+    assert text.count("lies outside") == 10 and "and 5 more box-outside problems" in text

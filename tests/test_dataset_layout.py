@@ -1,0 +1,229 @@
+"""resolve_dataset (layouts, classes, the root category) and apply_dataset_folder (the config rewrite)."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from mmengine import Config
+
+from pisa_train import coco_annotations
+from pisa_train.dataset_layout import apply_dataset_folder, describe_dataset, find_layout, resolve_dataset
+from pisa_train.errors import ConfigError, DataError
+from tiny_coco import ROBOFLOW_FIXTURE, coco_dict, make_coco2017, make_images_folder, make_roboflow
+
+MMDET_STYLE_CONFIG = """
+dataset_type = 'CocoDataset'
+data_root = 'data/coco/'
+train_dataloader = dict(batch_size=2, dataset=dict(
+    type='RepeatDataset', times=3,
+    dataset=dict(type=dataset_type, data_root=data_root, ann_file='annotations/instances_train2017.json',
+                 data_prefix=dict(img='train2017/'), metainfo=dict(classes=('person',), palette=[(1, 2, 3)]),
+                 pipeline=[])))
+val_dataloader = dict(batch_size=1, dataset=dict(
+    type=dataset_type, data_root=data_root, ann_file='annotations/instances_val2017.json',
+    data_prefix=dict(img='val2017/'), test_mode=True, pipeline=[]))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json', metric='bbox')
+test_evaluator = val_evaluator
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=12, val_interval=1)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+model = dict(type='FasterRCNN', roi_head=dict(type='PISARoIHead', bbox_head=dict(type='Shared2FCBBoxHead',
+                                                                                num_classes=80)))
+"""
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "config" / "tiny_config.py"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent(MMDET_STYLE_CONFIG))
+    return Config.fromfile(str(path))
+
+
+def test_real_roboflow_export_resolves_to_shuttlecock_only():
+    layout = resolve_dataset(ROBOFLOW_FIXTURE)
+    assert layout.kind == "roboflow"
+    assert layout.classes == ("shuttlecock",)
+    assert layout.category_ids == (1,)
+    assert layout.dropped_categories == ("badminton",)
+    assert list(layout.splits) == ["train"]
+    assert layout.splits["train"].ann_file == "train/_annotations.coco.json"
+    assert layout.splits["train"].img_prefix == "train/"
+
+
+def test_real_roboflow_export_config_has_one_class_and_no_validation(config):
+    layout = resolve_dataset(ROBOFLOW_FIXTURE)
+    cfg, notes = apply_dataset_folder(config, layout)
+    assert cfg.model.roi_head.bbox_head.num_classes == 1
+    train = cfg.train_dataloader.dataset.dataset
+    assert train.metainfo.classes == ("shuttlecock",)
+    assert train.data_root == str(ROBOFLOW_FIXTURE)
+    assert train.ann_file == "train/_annotations.coco.json"
+    assert train.data_prefix == dict(img="train/")
+    assert cfg.val_dataloader is None and cfg.val_cfg is None and cfg.val_evaluator is None
+    assert cfg.train_cfg.val_interval > cfg.train_cfg.max_epochs
+    assert any("without validation" in note for note in notes)
+    # the input config is untouched
+    assert config.model.roi_head.bbox_head.num_classes == 80
+    assert config.val_dataloader is not None
+
+
+def test_against_the_project_pisa_config_when_present():
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "configs" / "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
+    if not path.exists():
+        pytest.skip("configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py not written yet")
+    cfg, notes = apply_dataset_folder(Config.fromfile(str(path)), resolve_dataset(ROBOFLOW_FIXTURE))
+    assert cfg.model.roi_head.bbox_head.num_classes == 1
+    assert cfg.train_dataloader.dataset.metainfo.classes == ("shuttlecock",)
+    assert cfg.val_dataloader is None and notes
+
+
+def test_roboflow_with_all_splits_points_val_and_test_separately(tmp_path, config):
+    layout = resolve_dataset(make_roboflow(tmp_path / "ds"))
+    assert list(layout.splits) == ["train", "val", "test"]
+    assert layout.classes == ("cat", "dog")
+    cfg, notes = apply_dataset_folder(config, layout)
+    assert notes == []
+    assert cfg.val_dataloader.dataset.ann_file == "valid/_annotations.coco.json"
+    assert cfg.test_dataloader.dataset.ann_file == "test/_annotations.coco.json"
+    assert cfg.val_evaluator.ann_file == str(tmp_path / "ds" / "valid" / "_annotations.coco.json")
+    assert cfg.test_evaluator.ann_file == str(tmp_path / "ds" / "test" / "_annotations.coco.json")
+    assert cfg.model.roi_head.bbox_head.num_classes == 2
+
+
+def test_shared_val_and_test_dicts_are_pointed_independently(tmp_path):
+    val_loader = dict(dataset=dict(type="CocoDataset", ann_file="x", data_prefix=dict(img="x/")))
+    evaluator = dict(type="CocoMetric", ann_file="x")
+    shared = Config(dict(train_dataloader=dict(dataset=dict(type="CocoDataset")),
+                         val_dataloader=val_loader, test_dataloader=val_loader,
+                         val_evaluator=evaluator, test_evaluator=evaluator,
+                         model=dict(bbox_head=dict(num_classes=80))))
+    cfg, _ = apply_dataset_folder(shared, resolve_dataset(make_roboflow(tmp_path / "ds")))
+    assert cfg.val_dataloader.dataset.ann_file == "valid/_annotations.coco.json"
+    assert cfg.test_dataloader.dataset.ann_file == "test/_annotations.coco.json"
+    assert cfg.val_evaluator.ann_file.endswith("valid/_annotations.coco.json")
+    assert cfg.test_evaluator.ann_file.endswith("test/_annotations.coco.json")
+    assert cfg.model.bbox_head.num_classes == 2
+
+
+def test_missing_validation_split_uses_the_test_split(tmp_path, config):
+    layout = resolve_dataset(make_roboflow(tmp_path / "ds", splits=("train", "test")))
+    cfg, notes = apply_dataset_folder(config, layout)
+    assert cfg.val_dataloader.dataset.ann_file == "test/_annotations.coco.json"
+    assert cfg.val_evaluator.ann_file.endswith("test/_annotations.coco.json")
+    assert any("validating on the test split" in note for note in notes)
+
+
+def test_coco2017_layout(tmp_path, config):
+    layout = resolve_dataset(make_coco2017(tmp_path / "coco"))
+    assert layout.kind == "coco2017"
+    assert layout.splits["train"].ann_file == "annotations/instances_train2017.json"
+    assert layout.splits["train"].img_prefix == "train2017/"
+    assert layout.splits["val"].img_prefix == "val2017/"
+    cfg, _ = apply_dataset_folder(config, layout)
+    assert cfg.val_evaluator.ann_file == str(tmp_path / "coco" / "annotations" / "instances_val2017.json")
+
+
+def test_coco2017_without_image_folder_says_which(tmp_path):
+    root = make_coco2017(tmp_path / "coco")
+    for image in (root / "train2017").iterdir():
+        image.unlink()
+    (root / "train2017").rmdir()
+    with pytest.raises(DataError, match="train2017.*not found"):
+        resolve_dataset(root)
+
+
+def test_images_folder_layout_maps_file_names_to_splits(tmp_path):
+    layout = resolve_dataset(make_images_folder(tmp_path / "ds", ("train.json", "val.json")))
+    assert layout.kind == "images-folder"
+    assert {split: files.ann_file for split, files in layout.splits.items()} == {"train": "train.json",
+                                                                                 "val": "val.json"}
+    assert layout.splits["val"].img_prefix == "images/"
+
+
+def test_single_annotation_file_beside_images_is_the_train_split(tmp_path):
+    layout = resolve_dataset(make_images_folder(tmp_path / "ds", ("annotations.json",)))
+    assert list(layout.splits) == ["train"]
+
+
+def test_dataset_wrapped_in_one_folder_is_found(tmp_path):
+    make_roboflow(tmp_path / "outer" / "my-dataset-v2")
+    assert find_layout(tmp_path / "outer").data_root == (tmp_path / "outer" / "my-dataset-v2").resolve()
+
+
+def test_unrecognised_folder_lists_the_layouts(tmp_path):
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="Roboflow.*COCO 2017.*images/"):
+        resolve_dataset(tmp_path / "random")
+
+
+def test_missing_folder_suggests_download(tmp_path):
+    with pytest.raises(DataError, match="pisa-data download"):
+        resolve_dataset(tmp_path / "nope")
+
+
+def test_real_class_without_boxes_is_kept(tmp_path):
+    data = coco_dict(boxes=[(0, 1, [5, 5, 20, 10])])  # "dog" (id 2) has no boxes
+    layout = resolve_dataset(make_roboflow(tmp_path / "ds", splits=("train",), data=data))
+    assert layout.classes == ("cat", "dog")
+
+
+def test_root_category_with_boxes_is_a_class(tmp_path):
+    data = coco_dict(boxes=[(0, 0, [5, 5, 20, 10]), (1, 1, [5, 5, 20, 10])])
+    layout = resolve_dataset(make_roboflow(tmp_path / "ds", splits=("train",), data=data))
+    assert layout.classes == ("things", "cat", "dog")
+
+
+def test_classes_follow_the_file_order_not_the_ids(tmp_path):
+    categories = [{"id": 7, "name": "zebra", "supercategory": "none"},
+                  {"id": 3, "name": "ant", "supercategory": "none"}]
+    data = coco_dict(categories=categories, boxes=[(0, 7, [1, 1, 5, 5]), (1, 3, [1, 1, 5, 5])])
+    layout = resolve_dataset(make_roboflow(tmp_path / "ds", splits=("train",), data=data))
+    assert layout.classes == ("zebra", "ant") and layout.category_ids == (7, 3)
+
+
+def test_differing_categories_between_splits_are_refused(tmp_path):
+    root = make_roboflow(tmp_path / "ds", splits=("train", "valid"))
+    data = json.loads((root / "valid" / "_annotations.coco.json").read_text())
+    data["categories"][2]["name"] = "wolf"
+    (root / "valid" / "_annotations.coco.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="categories of valid/_annotations.coco.json differ"):
+        resolve_dataset(root)
+
+
+def test_concat_dataset_is_refused_with_a_clear_message(tmp_path):
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(type="ConcatDataset", datasets=[])),
+                      model=dict(bbox_head=dict(num_classes=3))))
+    with pytest.raises(ConfigError, match="ConcatDataset"):
+        apply_dataset_folder(cfg, resolve_dataset(make_roboflow(tmp_path / "ds", splits=("train",))))
+
+
+def test_describe_names_classes_and_splits():
+    text = describe_dataset(resolve_dataset(ROBOFLOW_FIXTURE))
+    assert "shuttlecock" in text and "badminton" in text and "val:" in text
+
+
+def test_large_file_categories_are_read_without_a_full_parse(tmp_path, monkeypatch):
+    data = coco_dict()
+    data["info"] = {"description": 'mentions "categories" in a string'}
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"info": data["info"], "images": data["images"],
+                                "annotations": data["annotations"], "categories": data["categories"]}))
+    monkeypatch.setattr(coco_annotations, "_FULL_PARSE_LIMIT_BYTES", 10)
+    monkeypatch.setattr(coco_annotations, "load_annotation_file", lambda p: pytest.fail("parsed fully"))
+    assert [c["name"] for c in coco_annotations.read_categories(path)] == ["things", "cat", "dog"]
+
+
+def test_annotations_folder_with_split_named_image_folders(tmp_path):
+    from tiny_coco import write_split
+    root = tmp_path / "ds"
+    for split in ("train", "val"):
+        write_split(root / split, root / "annotations" / f"{split}.json", coco_dict())
+    (root / "annotations" / "captions_train.json").write_text("{}")  # no folder of its name: ignored
+    layout = resolve_dataset(root)
+    assert {split: (files.ann_file, files.img_prefix) for split, files in layout.splits.items()} == {
+        "train": ("annotations/train.json", "train/"), "val": ("annotations/val.json", "val/")}
