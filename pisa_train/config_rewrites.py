@@ -92,15 +92,20 @@ def limit_iterations(cfg, max_iters: int | None):
     The run becomes iteration-based (MMEngine's IterBasedTrainLoop), saves a
     checkpoint at the last iteration (or at the config's own iteration interval,
     if it checkpoints by iteration), logs every iteration up to the config's
-    interval, and skips validation: run pisa-eval on the checkpoint for that.
+    interval, and skips validation, so that it needs no validation data: run
+    pisa-eval on the checkpoint for that.
     """
     if max_iters is None:
         return cfg
     if max_iters < 1:
         raise UsageError(f"--max-iters must be at least 1, not {max_iters}")
     cfg = _copy(cfg)
-    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters,
-                         val_interval=max_iters, val_begin=max_iters + 1)
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters)
+    # MMEngine builds the validation loop (and reads its annotations) whenever
+    # these three are set, even if it never runs it.
+    cfg.val_dataloader = None
+    cfg.val_cfg = None
+    cfg.val_evaluator = None
     checkpoint = cfg.default_hooks.get("checkpoint")
     if checkpoint is not None and checkpoint.get("by_epoch", True):
         checkpoint.by_epoch = False
@@ -148,4 +153,45 @@ def enable_show_dir(cfg, show_dir: str | None):
     cfg = _copy(cfg)
     cfg.default_hooks.visualization.draw = True
     cfg.default_hooks.visualization.test_out_dir = osp.abspath(show_dir)
+    return cfg
+
+
+NONFINITE_ACTIONS = ("stop", "skip")  # the values of the config setting nonfinite_loss
+
+
+def check_nonfinite_action(action) -> str:
+    if action not in NONFINITE_ACTIONS:
+        raise ConfigError(f"nonfinite_loss must be one of {', '.join(map(repr, NONFINITE_ACTIONS))}, "
+                          f"not {action!r}")
+    return action
+
+
+def add_training_safeguards(cfg):
+    """Atomic checkpoints, a checkpoint and a clean stop on SIGTERM/SIGINT, and a stop (or a
+    skipped step) on a NaN/Inf loss: see checkpoint_saving and training_guards.
+
+    The config's CheckpointHook becomes AtomicCheckpointHook with the same settings; a
+    config with its own checkpoint hook type keeps it (and loses only the atomic saves).
+    ``nonfinite_loss`` ('stop' or 'skip') is a pisa-train setting, read here."""
+    action = check_nonfinite_action(cfg.get("nonfinite_loss", "stop"))
+    cfg = _copy(cfg)
+    checkpoint = cfg.default_hooks.get("checkpoint") if cfg.get("default_hooks") else None
+    if checkpoint is not None and checkpoint.get("type", "CheckpointHook") in ("CheckpointHook",
+                                                                                "mmengine.CheckpointHook"):
+        checkpoint.type = "AtomicCheckpointHook"
+    cfg.custom_hooks = [*(cfg.get("custom_hooks") or []), dict(type="StopOnSignalHook"),
+                        dict(type="NonFiniteLossHook", action=action)]
+    if cfg.get("resume"):
+        cfg = check_checkpoint_fits_model(cfg)
+    return cfg
+
+
+def check_checkpoint_fits_model(cfg):
+    """Refuse, when resuming or evaluating, a checkpoint whose weights do not fit the model
+    (MMEngine would load it leniently): see checkpoint_compatibility."""
+    hooks = list(cfg.get("custom_hooks") or [])
+    if any(hook.get("type") == "CheckpointMatchesModelHook" for hook in hooks):
+        return cfg
+    cfg = _copy(cfg)
+    cfg.custom_hooks = [*hooks, dict(type="CheckpointMatchesModelHook")]
     return cfg

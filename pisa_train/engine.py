@@ -46,23 +46,46 @@ def describe_run(cfg, device: str) -> list[str]:
     return lines
 
 
-def build_runner(cfg):
+def build_runner(cfg, trusted_checkpoints=()):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from pisa_train.safe_checkpoint_loading import allow_mmengine_checkpoints
+    # Imported for their registration in mmengine's HOOKS (config_rewrites.add_training_safeguards names them).
+    import pisa_train.checkpoint_compatibility  # noqa: F401
+    import pisa_train.checkpoint_saving  # noqa: F401
+    import pisa_train.training_guards  # noqa: F401
+    from pisa_train.safe_checkpoint_loading import guard_checkpoint_loading
 
-    allow_mmengine_checkpoints()
+    guard_checkpoint_loading(trusted_checkpoints)
     if "runner_type" in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
 
 
-def run_training(cfg) -> None:
-    runner = build_runner(cfg)
-    runner.train()
+def run_training(cfg, trusted_checkpoints=()) -> None:
+    from pisa_train.checkpoint_selection import resolve_auto_resume
+    from pisa_train.safe_checkpoint_loading import trust_checkpoints
+
+    trust_checkpoints(trusted_checkpoints)  # before resolve_auto_resume loads any of them
+    cfg = resolve_auto_resume(cfg, lambda line: print(f"[pisa-train] {line}", flush=True))
+    runner = build_runner(cfg, trusted_checkpoints)
+    try:
+        runner.train()
+    except Exception as error:
+        from pisa_train.pretrained_weights import weights_download_failure
+
+        problem = weights_download_failure(cfg, error)
+        if problem is not None:
+            raise problem from error
+        raise
+    finally:
+        from pisa_train.training_guards import StopOnSignalHook
+
+        for hook in runner.hooks:  # a failed run leaves no handler behind (in-process callers, tests)
+            if isinstance(hook, StopOnSignalHook):
+                hook.restore()
 
 
-def run_testing(cfg) -> dict:
-    runner = build_runner(cfg)
+def run_testing(cfg, trusted_checkpoints=()) -> dict:
+    runner = build_runner(cfg, trusted_checkpoints)
     return runner.test()

@@ -11,6 +11,7 @@ class PisaError(Exception):
     """Base class: a problem the user can fix, reported without a traceback."""
 
     exit_code = exit_codes.UNEXPECTED_ERROR
+    label = "error"  # the word after "pisa-train:" in the one line on stderr
 
 
 class UsageError(PisaError):
@@ -33,3 +34,24 @@ class EnvironmentProblem(PisaError):
     """A package, a compiled op or a device that the run needs is missing."""
 
     exit_code = exit_codes.ENVIRONMENT_ERROR
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose pickle needs more than weights and mmengine's training state."""
+
+
+class CheckpointSaveError(PisaError):
+    """A checkpoint could not be written; the earlier ones are intact."""
+
+    exit_code = exit_codes.SAVE_ERROR
+
+
+class NonFiniteLossError(PisaError):
+    exit_code = exit_codes.NONFINITE_LOSS
+
+
+class TrainingStopped(PisaError):
+    """Not a failure: a stop was asked for (SIGTERM/SIGINT) and a checkpoint saved."""
+
+    exit_code = exit_codes.STOPPED_AND_SAVED
+    label = "stopped"

@@ -15,7 +15,7 @@ from pisa_train.cli import train as train_cli
 
 def train_config(*argv, device="cpu"):
     args = train_cli.build_parser().parse_args([str(a) for a in argv])
-    return train_cli.build_config(args, device)
+    return train_cli.build_config(args, device)[0]
 
 
 def test_work_dir_precedence_command_line_then_config_then_file_name(tmp_path):
@@ -29,12 +29,12 @@ def test_cfg_options_values_are_parsed_like_mmengine_dictaction():
     cfg = train_config(X101_PISA_CONFIG, "--cfg-options", "train_dataloader.batch_size=4",
                        "model.backbone.init_cfg=None", "optim_wrapper.optimizer.lr=0.01",
                        "model.rpn_head.anchor_generator.ratios=[0.5,1.0]",
-                       "train_dataloader.dataset.metainfo.classes=(a,b)")
+                       "model.backbone.out_indices=(1,2)")
     assert cfg.train_dataloader.batch_size == 4
     assert cfg.model.backbone.init_cfg is None
     assert cfg.optim_wrapper.optimizer.lr == 0.01
     assert cfg.model.rpn_head.anchor_generator.ratios == [0.5, 1.0]
-    assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == ("a", "b")
+    assert cfg.model.backbone.out_indices == (1, 2)
 
 
 def test_flags_rewrite_the_config_as_mmdetection_train_does(tmp_path):
@@ -54,7 +54,7 @@ def test_flags_rewrite_the_config_as_mmdetection_train_does(tmp_path):
 def test_max_iters_makes_an_iteration_based_run_without_validation():
     cfg = train_config(X101_PISA_CONFIG, "--max-iters", "2")
     assert cfg.train_cfg.type == "IterBasedTrainLoop" and cfg.train_cfg.max_iters == 2
-    assert cfg.train_cfg.val_begin > cfg.train_cfg.max_iters  # no validation in a quick check
+    assert cfg.val_dataloader is None and cfg.val_cfg is None and cfg.val_evaluator is None  # no validation
     assert cfg.default_hooks.checkpoint.by_epoch is False and cfg.default_hooks.checkpoint.interval == 2
     assert cfg.default_hooks.logger.interval == 2
     untouched = train_config(X101_PISA_CONFIG)
@@ -71,7 +71,7 @@ def test_eval_config_loads_the_checkpoint_and_draws_into_show_dir(tmp_path):
     checkpoint.write_bytes(b"x")
     args = eval_cli.build_parser().parse_args([str(DEMO_CONFIG), str(checkpoint), "--show-dir", str(tmp_path / "vis"),
                                                "--work-dir", str(tmp_path / "w")])
-    cfg = eval_cli.build_config(args, "cpu")
+    cfg, _ = eval_cli.build_config(args, "cpu")
     assert cfg.load_from == str(checkpoint) and not cfg.resume
     assert cfg.default_hooks.visualization.draw is True
     assert cfg.default_hooks.visualization.test_out_dir == str(tmp_path / "vis")
@@ -153,3 +153,20 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(capsys):
     assert err.strip() == "pisa-x: error: RuntimeError: something upstream broke (rerun with --debug for the traceback)"
     assert run_reporting_errors("pisa-x", broken, debug=True) == exit_codes.UNEXPECTED_ERROR
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_data_points_the_x101_config_at_a_roboflow_export(tmp_path):
+    import shutil
+
+    export = tmp_path / "badminton"
+    shutil.copytree(REPO_ROOT.parent / "shared" / "fixtures" / "roboflow-badminton", export)
+    cfg = train_config(X101_PISA_CONFIG, "--data", export)
+    dataset = cfg.train_dataloader.dataset
+    assert tuple(dataset.metainfo.classes) == ("shuttlecock",)
+    assert cfg.model.roi_head.bbox_head.num_classes == 1
+    assert dataset.data_root == str(export) and dataset.ann_file == "train/_annotations.coco.json"
+    assert cfg.val_dataloader is None  # a train split only: no validation
+    args = train_cli.build_parser().parse_args([str(X101_PISA_CONFIG), "--data", str(export)])
+    notes = train_cli.build_config(args, "cpu")[1]
+    assert any("shuttlecock" in line for line in notes)
+    assert any("without validation" in line for line in notes)

@@ -82,3 +82,83 @@ def test_getattr_in_a_checkpoint_reaches_only_history_buffer_statistics(tmp_path
     assert result.returncode == 0, result.stderr
     assert "REFUSED UnpicklingError" in result.stdout
     assert "only HistoryBuffer's statistics methods are allowed" in result.stdout
+
+
+def test_upstream_loads_local_checkpoints_with_torchs_default():
+    """Fails when mmengine's load_from_local starts choosing weights_only itself: then
+    guard_checkpoint_loading's replacement loader should be reconsidered."""
+    import inspect
+
+    from mmengine.runner.checkpoint import load_from_local
+
+    source = inspect.getsource(load_from_local)
+    assert "torch.load(filename, map_location=map_location)" in source and "weights_only" not in source
+
+
+GUARDED_LOAD = textwrap.dedent("""
+    import os, torch
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ('touch MARKER',))
+    torch.save({'state_dict': {}, 'meta': Payload()}, PATH)
+    from pisa_train.safe_checkpoint_loading import guard_checkpoint_loading
+    guard_checkpoint_loading(TRUSTED)
+    from mmengine.runner.checkpoint import _load_checkpoint
+    try:
+        _load_checkpoint(PATH, map_location='cpu')  # what Runner.resume and load_checkpoint call
+        print('LOADED')
+    except Exception as error:
+        print('REFUSED', type(error).__name__, error)
+""")
+
+
+def test_mmengine_loads_go_through_weights_only_even_if_the_environment_says_otherwise(tmp_path):
+    marker = tmp_path / "pwned"
+    code = GUARDED_LOAD.replace("MARKER", str(marker)).replace("TRUSTED", "()")
+    result = subprocess.run([sys.executable, "-c", code.replace("PATH", repr(str(tmp_path / "ckpt.pth")))],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env={**__import__("os").environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "ignoring TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in result.stdout
+    assert "REFUSED UnsafeCheckpointError" in result.stdout and "posix.system" in result.stdout
+    assert f"load it anyway with --trust-checkpoint {tmp_path / 'ckpt.pth'}" in result.stdout
+    assert not marker.exists()
+
+
+def test_trust_checkpoint_unpickles_that_file_in_full(tmp_path):
+    marker = tmp_path / "trusted-code-ran"
+    code = GUARDED_LOAD.replace("MARKER", str(marker)).replace("TRUSTED", "[PATH]")
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "LOADED" in result.stdout and marker.exists()
+
+
+def test_truncated_and_missing_checkpoints_are_checkpoint_errors(tmp_path):
+    result = run_python(MAKE_CHECKPOINT + textwrap.dedent("""
+        from pisa_train.safe_checkpoint_loading import load_checkpoint_file
+        from pisa_train.errors import CheckpointError
+        data = open(PATH, 'rb').read()
+        open(PATH, 'wb').write(data[:len(data) // 2])
+        for path in (PATH, PATH + '.missing'):
+            try:
+                load_checkpoint_file(path)
+            except CheckpointError as error:
+                print('ERROR', error)
+    """), tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ERROR")]
+    assert "cannot be read; it is truncated or corrupt" in lines[0]
+    assert lines[1].startswith(f"ERROR checkpoint {tmp_path / 'ckpt.pth'}.missing not found")
+
+
+def test_a_fresh_process_loads_history_buffer_statistics(tmp_path):
+    """HistoryBuffer registers min/max/mean/current when the first buffer is made, so a process
+    that loads before making one (pisa-eval, a resume) must allow them all the same."""
+    made = run_python(MAKE_CHECKPOINT, tmp_path)
+    assert made.returncode == 0, made.stderr
+    result = run_python(textwrap.dedent("""
+        from pisa_train.safe_checkpoint_loading import load_checkpoint_file
+        print('ITER', load_checkpoint_file(PATH)['message_hub']['runtime_info']['iter'])
+    """), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ITER 3" in result.stdout

@@ -28,8 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         help="evaluate on this device (default: cuda when a GPU is visible, else cpu)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--data", metavar="DIR",
+                        help="a COCO-format dataset folder (Roboflow export, COCO 2017 layout, or annotations "
+                             "beside images/): sets the data paths, classes and num_classes of the config")
     parser.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
-                        help="override config settings (values parsed as mmengine's DictAction does)")
+                        help="override config settings (values parsed as mmengine's DictAction does); "
+                             "a key the config does not have is refused with the closest keys it has")
+    parser.add_argument("--cfg-add", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="add settings the config does not have yet, e.g. test_evaluator.outfile_prefix=out/det")
+    parser.add_argument("--trust-checkpoint", action="append", default=[], metavar="FILE",
+                        help="unpickle this checkpoint in full, even if it holds more than weights and mmengine's "
+                             "training state (which can run code from the file: only for files you trust)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -43,27 +52,35 @@ def build_config(args: argparse.Namespace, device: str):
         from pisa_train.errors import UsageError
 
         raise UsageError(f"--out {args.out}: the metrics are written as JSON; give a file name ending in .json")
-    cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
+    cfg = load_config(args.config, parse_cfg_options(args.cfg_options), parse_cfg_options(args.cfg_add))
+    notes: list[str] = []
+    if args.data:
+        from pisa_train.dataset_layout import use_dataset_folder
+
+        cfg, notes = use_dataset_folder(cfg, args.data)
     cfg = rewrite.set_launcher(cfg, args.launcher)
     cfg = rewrite.apply_work_dir(cfg, args.work_dir, args.config)
     cfg = rewrite.apply_device(cfg, device)
     cfg = rewrite.apply_checkpoint_for_testing(cfg, args.checkpoint)
     cfg = rewrite.enable_show_dir(cfg, args.show_dir)
-    return cfg
+    cfg = rewrite.check_checkpoint_fits_model(cfg)
+    return cfg, notes
 
 
 def evaluate(args: argparse.Namespace) -> int:
     from pisa_train.device import choose_device
 
     device = choose_device(args.device)
-    cfg = build_config(args, device)
+    cfg, notes = build_config(args, device)
+    for line in notes:
+        print(f"[{PROG}] {line}", flush=True)
 
     from pisa_train import engine
     from pisa_train.metrics_report import coco_bbox_summary, format_metrics_table, write_metrics_json
 
     engine.prepare_datasets(cfg, ("test_dataloader",))
     print(f"[{PROG}] evaluating {args.checkpoint} on {device} with {args.config}", flush=True)
-    summary = coco_bbox_summary(engine.run_testing(cfg))
+    summary = coco_bbox_summary(engine.run_testing(cfg, args.trust_checkpoint))
     print(format_metrics_table(summary), flush=True)
     if args.out:
         write_metrics_json(args.out, summary, config=args.config, checkpoint=args.checkpoint)

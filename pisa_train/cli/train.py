@@ -39,20 +39,36 @@ def build_parser() -> argparse.ArgumentParser:
                              "a quick check that a config trains")
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         help="train on this device (default: cuda when a GPU is visible, else cpu)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="a COCO-format dataset folder (Roboflow export, COCO 2017 layout, or annotations "
+                             "beside images/): sets the data paths, classes and num_classes of the config")
     parser.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
                         help="override config settings, e.g. model.roi_head.bbox_head.num_classes=3 "
-                             "train_dataloader.batch_size=4 (values parsed as mmengine's DictAction does)")
+                             "train_dataloader.batch_size=4 (values parsed as mmengine's DictAction does); "
+                             "a key the config does not have is refused with the closest keys it has")
+    parser.add_argument("--cfg-add", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="add settings the config does not have yet, e.g. "
+                             "train_dataloader.dataset.metainfo.classes=(a,b) (as --cfg-options, without the check)")
+    parser.add_argument("--trust-checkpoint", action="append", default=[], metavar="FILE",
+                        help="unpickle this checkpoint in full, even if it holds more than weights and mmengine's "
+                             "training state (which can run code from the file: only for files you trust)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return parser
 
 
 def build_config(args: argparse.Namespace, device: str):
-    """The config that will be handed to MMEngine: the file, --cfg-options, then the flags."""
+    """The config that will be handed to MMEngine (the file, --cfg-options, then the
+    flags), and the lines that say what --data resolved, for the log."""
     from pisa_train import config_rewrites as rewrite
     from pisa_train.config_loading import load_config, parse_cfg_options
 
-    cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
+    cfg = load_config(args.config, parse_cfg_options(args.cfg_options), parse_cfg_options(args.cfg_add))
+    notes: list[str] = []
+    if args.data:
+        from pisa_train.dataset_layout import use_dataset_folder
+
+        cfg, notes = use_dataset_folder(cfg, args.data)
     cfg = rewrite.set_launcher(cfg, args.launcher)
     cfg = rewrite.apply_work_dir(cfg, args.work_dir, args.config)
     cfg = rewrite.apply_device(cfg, device)
@@ -63,21 +79,29 @@ def build_config(args: argparse.Namespace, device: str):
     cfg = rewrite.apply_resume(cfg, args.resume)
     cfg = rewrite.apply_seed(cfg, args.seed)
     cfg = rewrite.limit_iterations(cfg, args.max_iters)
-    return cfg
+    cfg = rewrite.add_training_safeguards(cfg)
+    return cfg, notes
 
 
 def train(args: argparse.Namespace) -> int:
+    import os
+
     from pisa_train.device import choose_device
 
+    # As mmdet's tools/train.py: launchers that pass --local-rank instead of setting LOCAL_RANK.
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+
     device = choose_device(args.device)  # first: --device cpu must hide GPUs before CUDA starts
-    cfg = build_config(args, device)
+    cfg, notes = build_config(args, device)
+    for line in notes:
+        print(f"[{PROG}] {line}", flush=True)
 
     from pisa_train import engine
 
     engine.prepare_datasets(cfg, ("train_dataloader", "val_dataloader"))
     for line in engine.describe_run(cfg, device):
         print(f"[{PROG}] {line}", flush=True)
-    engine.run_training(cfg)
+    engine.run_training(cfg, args.trust_checkpoint)
     print(f"[{PROG}] done; checkpoints and logs are in {cfg.work_dir}", flush=True)
     return 0
 

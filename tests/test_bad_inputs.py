@@ -1,0 +1,124 @@
+"""The rows of the README's bad-input table that need a real run: broken data, broken or foreign
+checkpoints, a checkpoint whose pickle runs code. Each is one line on stderr and
+its exit code. Slow (a real process each); CI runs them. The other rows are tested in
+test_cli.py, test_config_options.py, test_error_reporting.py and test_interrupted_training.py."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pisa_train import exit_codes
+from tiny_training import tiny_demo, tiny_eval
+
+pytestmark = pytest.mark.slow
+
+
+def run(module: str, args: list, cwd: Path, env: dict | None = None) -> tuple[int, str]:
+    result = subprocess.run([sys.executable, "-m", f"pisa_train.cli.{module}", *map(str, args)], cwd=cwd,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            capture_output=True, text=True, timeout=300)
+    return result.returncode, result.stderr
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A folder holding the tiny dataset (data/demo_shapes) and one checkpoint of the tiny model."""
+    cwd = tmp_path_factory.mktemp("trained")
+    code, err = run("train", tiny_demo(cwd / "work", 1), cwd)
+    assert code == 0, err[-3000:]
+    return cwd
+
+
+@pytest.fixture
+def dataset_copy(trained, tmp_path) -> Path:
+    shutil.copytree(trained / "data", tmp_path / "data")
+    return tmp_path / "data" / "demo_shapes"
+
+
+def test_corrupt_annotation_json(dataset_copy, tmp_path):
+    annotations = dataset_copy / "annotations" / "train.json"
+    annotations.write_text(annotations.read_text()[:200])
+    code, err = run("train", tiny_demo(tmp_path / "work", 1), tmp_path)
+    assert code == exit_codes.DATA_ERROR
+    assert one_line(err).startswith("pisa-train: error: annotation file data/demo_shapes/annotations/train.json "
+                                    "is not valid JSON (")
+
+
+def test_missing_image(dataset_copy, tmp_path):
+    for image in (dataset_copy / "train").iterdir():
+        image.unlink()
+    code, err = run("train", tiny_demo(tmp_path / "work", 1), tmp_path)
+    assert code == exit_codes.DATA_ERROR
+    line = one_line(err)
+    assert line.startswith("pisa-train: error: image data/demo_shapes/train/") and \
+        "not found, but the annotation file lists it" in line
+
+
+def test_corrupt_image(dataset_copy, tmp_path):
+    for image in (dataset_copy / "train").iterdir():
+        image.write_bytes(b"not a jpeg")
+    code, err = run("train", tiny_demo(tmp_path / "work", 1), tmp_path)
+    assert code == exit_codes.DATA_ERROR
+    line = one_line(err)
+    assert line.startswith("pisa-train: error: image data/demo_shapes/train/") and \
+        "cannot be decoded: it is corrupt or not an image" in line
+
+
+def test_corrupt_checkpoint(trained, tmp_path):
+    broken = tmp_path / "iter_1.pth"
+    data = (trained / "work" / "iter_1.pth").read_bytes()
+    broken.write_bytes(data[: len(data) // 3])
+    code, err = run("evaluate", tiny_eval(broken, tmp_path / "work"), trained)
+    assert code == exit_codes.CHECKPOINT_ERROR
+    assert one_line(err).startswith(f"pisa-eval: error: checkpoint {broken} cannot be read; it is truncated or "
+                                    f"corrupt (")
+
+
+def test_checkpoint_for_another_number_of_classes(trained, tmp_path):
+    checkpoint = trained / "work" / "iter_1.pth"
+    code, err = run("evaluate", tiny_eval(checkpoint, tmp_path / "work",
+                                          options=["model.roi_head.bbox_head.num_classes=5"]), trained)
+    assert code == exit_codes.CHECKPOINT_ERROR
+    assert one_line(err) == (
+        f"pisa-eval: error: checkpoint {checkpoint} is for another model: roi_head.bbox_head.fc_cls.weight is "
+        f"[4, 64] in the checkpoint and [6, 64] in this model (and 3 more weights differ in shape); it was trained "
+        f"on 3 classes (circle, square, triangle), this config has num_classes=5; use the config it was trained "
+        f"with, or set model.roi_head.bbox_head.num_classes (and the dataset classes) to match")
+
+
+def write_checkpoint_that_runs_code(path: Path, marker: Path) -> None:
+    code = ("import os, torch\n"
+            "class Payload:\n"
+            "    def __reduce__(self):\n"
+            f"        return (os.system, ('touch {marker}',))\n"
+            f"torch.save({{'meta': {{'epoch': 0, 'iter': 1, 'x': Payload()}}, 'state_dict': {{}}}}, {str(path)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train --resume"])
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_runs_nothing(trained, tmp_path, command):
+    evil, marker = tmp_path / "evil.pth", tmp_path / "pwned"
+    write_checkpoint_that_runs_code(evil, marker)
+    if command == "evaluate":
+        code, err = run("evaluate", tiny_eval(evil, tmp_path / "work"), trained)
+        prog = "pisa-eval"
+    else:
+        code, err = run("train", tiny_demo(tmp_path / "work", 2, "--resume", evil), trained)
+        prog = "pisa-train"
+    assert code == exit_codes.CHECKPOINT_ERROR
+    assert one_line(err) == (
+        f"{prog}: error: checkpoint {evil} was refused: it pickles posix.system, which is not among the weights "
+        f"and mmengine training state that pisa-train loads, and unpickling it could run arbitrary code; if you "
+        f"trust where this file came from, load it anyway with --trust-checkpoint {evil}")
+    assert not marker.exists()

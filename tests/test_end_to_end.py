@@ -1,0 +1,162 @@
+"""Level (c): the real commands in real processes on tiny data, with MMEngine's real training
+loop and pycocotools' real metrics. Slow (minutes on 2 CPU cores); CI runs them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DEMO_CONFIG, REPO_ROOT, X101_PISA_CONFIG, run_command
+
+pytestmark = pytest.mark.slow
+
+
+def load_checkpoint(path: Path) -> dict:
+    from pisa_train.safe_checkpoint_loading import allow_mmengine_checkpoints
+
+    allow_mmengine_checkpoints()
+    return torch.load(path, map_location="cpu")  # weights_only=True, torch's default
+
+
+def x101_on_shapes(dataset: Path) -> list[str]:
+    """The real X101 PISA config, pointed at a tiny dataset with --data, at 128 px, from scratch."""
+    return [str(X101_PISA_CONFIG), "--device", "cpu", "--data", str(dataset), "--cfg-options",
+            "train_dataloader.dataset.pipeline.2.scale=(128,128)",
+            "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+            "model.backbone.init_cfg=None"]
+
+
+def test_x101_pisa_trains_two_iterations_and_resume_continues_the_schedule(tmp_path, shapes_dataset):
+    work_dir = tmp_path / "resumed"
+    first = run_command("train", [*x101_on_shapes(shapes_dataset), "--work-dir", work_dir, "--max-iters", "2"],
+                        cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (work_dir / "iter_2.pth").is_file()
+    assert (work_dir / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
+    dumped_config = (work_dir / X101_PISA_CONFIG.name).read_text()  # MMEngine saves the config it ran
+    assert "PISARoIHead" in dumped_config and "ScoreHLRSampler" in dumped_config
+
+    second = run_command("train", [*x101_on_shapes(shapes_dataset), "--work-dir", work_dir, "--max-iters", "4",
+                                   "--resume"], cwd=tmp_path)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-5000:]
+    assert "resumed epoch: 0, iter: 2" in log
+    assert "Iter(train) [4/4]" in log and "Saving checkpoint at 4 iterations" in log
+    resumed = load_checkpoint(work_dir / "iter_4.pth")
+
+    straight_dir = tmp_path / "straight"
+    straight = run_command("train", [*x101_on_shapes(shapes_dataset), "--work-dir", straight_dir, "--max-iters", "4"],
+                           cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    reference = load_checkpoint(straight_dir / "iter_4.pth")
+
+    assert resumed["meta"]["iter"] == reference["meta"]["iter"] == 4
+    # Same position in the learning-rate schedule as a run that was never interrupted.
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        reference["optimizer"]["param_groups"][0]["lr"], rel=1e-12)
+    assert [s["last_step"] for s in resumed["param_schedulers"]] == \
+           [s["last_step"] for s in reference["param_schedulers"]]
+    # Everything the checkpoint pickles is on the allowlist, and the allowlist is used.
+    from pisa_train.safe_checkpoint_loading import mmengine_checkpoint_globals
+
+    allowed = {f"{g.__module__}.{g.__qualname__}" if not isinstance(g, tuple) else g[1]
+               for g in mmengine_checkpoint_globals()}
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(work_dir / "iter_4.pth")))
+    assert unsafe <= allowed, unsafe - allowed
+    assert "mmengine.logging.history_buffer.HistoryBuffer" in unsafe
+
+
+def test_x101_pisa_trains_on_the_real_roboflow_export_with_one_class(tmp_path):
+    import shutil
+
+    export = tmp_path / "badminton"
+    shutil.copytree(REPO_ROOT.parent / "shared" / "fixtures" / "roboflow-badminton", export)
+    work_dir = tmp_path / "work"
+    result = run_command("train", [X101_PISA_CONFIG, "--device", "cpu", "--data", export, "--work-dir", work_dir,
+                                   "--max-iters", "2", "--cfg-options",
+                                   "train_dataloader.dataset.pipeline.2.scale=(160,160)",
+                                   "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+                                   "model.backbone.init_cfg=None"], cwd=tmp_path)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "classes (1): shuttlecock" in log and "without validation" in log
+    assert "Iter(train) [2/2]" in log
+    checkpoint = load_checkpoint(work_dir / "iter_2.pth")
+    assert checkpoint["meta"]["dataset_meta"]["classes"] == ("shuttlecock",)
+    assert checkpoint["state_dict"]["roi_head.bbox_head.fc_cls.weight"].shape[0] == 2  # 1 class + background
+
+
+def test_unreachable_pretrained_backbone_says_where_to_put_it(tmp_path, shapes_dataset, monkeypatch):
+    # No network here, and none should be needed to test this: a proxy on a closed
+    # local port makes the real download fail at once, as an offline machine does.
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    result = run_command("train", [X101_PISA_CONFIG, "--device", "cpu", "--data", shapes_dataset, "--max-iters", "1",
+                                   "--work-dir", tmp_path / "work", "--cfg-options",
+                                   "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False"],
+                         cwd=tmp_path)
+    assert result.returncode == 6, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert "resnext101_32x4d-a5af3160.pth" in error
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in error
+    assert "https://download.openmmlab.com/pretrain/third_party/resnext101_32x4d-a5af3160.pth" in error
+    assert "--cfg-options model.backbone.init_cfg=None" in error
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo exactly as `make demo` trains it, in a fresh folder (its data is generated there)."""
+    cwd = tmp_path_factory.mktemp("demo")
+    result = run_command("train", [DEMO_CONFIG, "--device", "cpu"], cwd=cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "generated the synthetic shapes dataset" in result.stdout
+    return cwd
+
+
+@pytest.fixture(scope="session")
+def demo_evaluation(demo_run: Path) -> dict:
+    work_dir = demo_run / "work_dirs" / "pisa_faster_rcnn_r18_fpn_demo_shapes"
+    checkpoint = (work_dir / "last_checkpoint").read_text().strip()
+    metrics_file = demo_run / "metrics.json"
+    result = run_command("evaluate", [DEMO_CONFIG, checkpoint, "--device", "cpu", "--out", metrics_file,
+                                      "--show-dir", demo_run / "shown", "--cfg-add",  # the demo config has none
+                                      f"test_evaluator.outfile_prefix={demo_run / 'detections'}"], cwd=demo_run)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"cwd": demo_run, "stdout": result.stdout, "metrics": json.loads(metrics_file.read_text())}
+
+
+def test_demo_reaches_map_of_at_least_half(demo_evaluation):
+    ap = demo_evaluation["metrics"]["bbox"]["AP"]
+    print(f"demo bbox mAP: {ap:.3f}")
+    assert ap >= 0.5
+    assert "COCO bbox metrics" in demo_evaluation["stdout"]
+    assert f"{ap:.3f}" in demo_evaluation["stdout"]
+
+
+def test_eval_metrics_are_those_pycocotools_computes(demo_evaluation):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cwd = demo_evaluation["cwd"]
+    ground_truth = COCO(str(cwd / "data" / "demo_shapes" / "annotations" / "val.json"))
+    detections = ground_truth.loadRes(str(cwd / "detections.bbox.json"))
+    evaluation = COCOeval(ground_truth, detections, "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    reported = demo_evaluation["metrics"]["bbox"]
+    for index, name in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl"]):
+        # mmdet's CocoMetric rounds to 3 decimals; -1 (no objects of that size) stays -1.
+        assert reported[name] == pytest.approx(round(evaluation.stats[index], 3), abs=1e-9), name
+
+
+def test_eval_show_dir_draws_every_test_image(demo_evaluation):
+    from PIL import Image
+
+    drawn = sorted((demo_evaluation["cwd"] / "shown").rglob("*.jpg"))
+    assert len(drawn) == 60
+    with Image.open(drawn[0]) as image:
+        assert image.size[0] >= 160

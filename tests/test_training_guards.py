@@ -1,0 +1,107 @@
+"""SIGTERM/SIGINT stop with a checkpoint, and the NaN/Inf loss guard (pisa_train.training_guards),
+on a real MMEngine Runner with a toy model."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+from pisa_train import engine
+from pisa_train.errors import ConfigError, NonFiniteLossError, TrainingStopped
+from pisa_train.safe_checkpoint_loading import load_checkpoint_file
+from pisa_train.training_guards import describe_nonfinite, nonfinite_terms
+from toy_runner import build_toy_runner, toy_cfg
+
+
+def load(path):
+    return load_checkpoint_file(str(path), map_location="cpu")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_saves_at_the_iteration_boundary_and_resume_continues(tmp_path, signal_name, capsys):
+    cfg = toy_cfg(tmp_path, max_iters=6, interval=100, custom_hooks=[dict(type="SendSignalHook", at=3,
+                                                                          signal_name=signal_name)])
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingStopped) as raised:
+        engine.run_training(cfg)
+    assert str(raised.value) == (f"stopped by {signal_name} after iteration 3; checkpoint saved to "
+                                 f"{tmp_path / 'iter_3.pth'}; continue with --resume")
+    assert f"{signal_name} received: saving a checkpoint after this iteration" in capsys.readouterr().out
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == previous  # handlers restored
+    assert load(tmp_path / "iter_3.pth")["meta"]["iter"] == 3
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_3.pth")
+
+    resumed = toy_cfg(tmp_path, max_iters=6, interval=100)
+    resumed.resume = True
+    engine.run_training(resumed)
+    assert f"resuming from {tmp_path / 'iter_3.pth'}" in capsys.readouterr().out
+    assert load(tmp_path / "iter_6.pth")["meta"]["iter"] == 6
+
+
+def test_a_scheduled_save_of_the_same_iteration_is_not_repeated(tmp_path, monkeypatch):
+    from pisa_train.checkpoint_saving import AtomicCheckpointHook
+
+    saved = []
+    original = AtomicCheckpointHook.save_checkpoint_file
+    monkeypatch.setattr(AtomicCheckpointHook, "save_checkpoint_file",
+                        lambda self, runner, filename, *a, **k: saved.append(filename) or
+                        original(self, runner, filename, *a, **k))
+    cfg = toy_cfg(tmp_path, max_iters=6, interval=1, custom_hooks=[dict(type="SendSignalHook", at=2)])
+    with pytest.raises(TrainingStopped):
+        engine.run_training(cfg)
+    assert saved == ["iter_1.pth", "iter_2.pth"]
+
+
+def test_an_epoch_based_run_stops_with_an_iteration_checkpoint(tmp_path):
+    cfg = toy_cfg(tmp_path, by_epoch=True, custom_hooks=[dict(type="SendSignalHook", at=2)])
+    with pytest.raises(TrainingStopped, match="checkpoint saved to .*iter_2.pth"):
+        engine.run_training(cfg)
+    meta = load(tmp_path / "iter_2.pth")["meta"]
+    assert (meta["epoch"], meta["iter"]) == (0, 2)  # MMEngine restarts epoch 0, keeping the iteration count
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    cfg = toy_cfg(tmp_path, max_iters=6, interval=100, custom_hooks=[dict(type="SendSignalHook", at=2, times=2)])
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_training(cfg)
+    assert not list(tmp_path.glob("*.pth"))
+
+
+def test_a_nan_loss_stops_with_the_iteration_and_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
+    runner = build_toy_runner(toy_cfg(tmp_path, max_iters=6, nan_at=[4]))
+    with pytest.raises(NonFiniteLossError) as raised:
+        runner.train()
+    message = str(raised.value)
+    assert message.startswith("iteration 4: loss term 'loss_fit' is nan, 'loss' is nan; training stopped")
+    assert f"the last good checkpoint is {tmp_path / 'iter_3.pth'}" in message
+    assert "nonfinite_loss=skip" in message
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["iter_2.pth", "iter_3.pth"]
+    assert torch.isfinite(load(tmp_path / "iter_3.pth")["state_dict"]["linear.weight"]).all()
+
+
+def test_nonfinite_loss_skip_drops_that_step_and_goes_on(tmp_path):
+    runner = build_toy_runner(toy_cfg(tmp_path, max_iters=5, max_keep_ckpts=-1, nonfinite_loss="skip", nan_at=[3]))
+    runner.train()
+    weights = {i: load(tmp_path / f"iter_{i}.pth")["state_dict"]["linear.weight"] for i in (2, 3, 4, 5)}
+    assert torch.equal(weights[2], weights[3])  # step 3 not applied
+    assert not torch.equal(weights[3], weights[4]) and torch.isfinite(weights[5]).all()
+
+
+def test_nonfinite_loss_skip_still_stops_after_ten_in_a_row(tmp_path):
+    runner = build_toy_runner(toy_cfg(tmp_path, max_iters=20, nonfinite_loss="skip", nan_at=range(2, 20)))
+    with pytest.raises(NonFiniteLossError, match="iteration 11: .*the 10th non-finite loss in a row"):
+        runner.train()
+
+
+def test_nonfinite_loss_setting_is_checked():
+    with pytest.raises(ConfigError, match="nonfinite_loss must be one of 'stop', 'skip', not 'ignore'"):
+        toy_cfg("unused", nonfinite_loss="ignore")
+
+
+def test_nonfinite_terms_names_the_terms_before_the_total():
+    log_vars = {"loss": torch.tensor(float("inf")), "loss_rpn_cls": torch.tensor(0.5),
+                "loss_bbox": torch.tensor(float("inf")), "acc": torch.tensor(float("nan"))}
+    bad = nonfinite_terms(log_vars)
+    assert [name for name, _ in bad] == ["loss_bbox", "loss"]
+    assert describe_nonfinite(7, bad) == "iteration 7: loss term 'loss_bbox' is inf, 'loss' is inf"
