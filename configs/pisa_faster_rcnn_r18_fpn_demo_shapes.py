@@ -94,6 +94,9 @@ param_scheduler = [
 optim_wrapper = dict(optimizer=dict(lr=0.04))
 auto_scale_lr = dict(base_batch_size=8)
 
+# A fixed seed, so that every machine trains the same demo (up to floating-point order).
+randomness = dict(seed=0)
+
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=1, max_keep_ckpts=2))

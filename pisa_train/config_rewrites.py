@@ -129,6 +129,30 @@ def apply_device(cfg, device: str):
     return cfg
 
 
+def use_cpu_model_wrapper(cfg, device: str):
+    """A distributed run on CPUs wraps the model in CpuDistributedDataParallel (mmengine's
+    default wrapper passes device_ids, which torch refuses on the CPU: see
+    distributed_on_cpu). The config's own model_wrapper_cfg, if any, is kept."""
+    if device != "cpu" or cfg.get("launcher", "none") == "none" or cfg.get("model_wrapper_cfg"):
+        return cfg
+    cfg = _copy(cfg)
+    cfg.model_wrapper_cfg = dict(type="CpuDistributedDataParallel", broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get("find_unused_parameters", False))
+    return cfg
+
+
+def log_losses_per_rank(cfg):
+    """A distributed run prints every process's loss at the logger's interval (MMEngine logs
+    rank 0's only): see per_rank_losses."""
+    if cfg.get("launcher", "none") == "none":
+        return cfg
+    cfg = _copy(cfg)
+    logger = (cfg.get("default_hooks") or {}).get("logger") or {}
+    cfg.custom_hooks = [*(cfg.get("custom_hooks") or []),
+                        dict(type="PerRankLossHook", interval=logger.get("interval", 50))]
+    return cfg
+
+
 def apply_checkpoint_for_testing(cfg, checkpoint: str):
     if not osp.isfile(checkpoint):
         raise CheckpointError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "
@@ -194,4 +218,71 @@ def check_checkpoint_fits_model(cfg):
         return cfg
     cfg = _copy(cfg)
     cfg.custom_hooks = [*hooks, dict(type="CheckpointMatchesModelHook")]
+    return cfg
+
+
+def _roi_align_layers(node):
+    """Every ``dict(type='RoIAlign', ...)`` in a (model) config, however deep."""
+    if isinstance(node, dict):
+        if node.get("type") in ("RoIAlign", "mmcv.RoIAlign"):
+            yield node
+        for value in node.values():
+            yield from _roi_align_layers(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _roi_align_layers(value)
+
+
+def apply_ops_backend(cfg, backend: str):
+    """Run RoIAlign and NMS on ``backend``'s kernels ('mmcv' or 'torchvision', as
+    ops_backend.choose_ops_backend resolved --ops-backend). For torchvision, every
+    RoIAlign layer gets mmcv's own ``use_torchvision=True``; NMS follows the top-level
+    ``ops_backend`` key, which the engine reads (ops_backend.install_ops_backend) and
+    the saved config records."""
+    if backend not in ("mmcv", "torchvision"):
+        raise UsageError(f"ops backend must be mmcv or torchvision, not '{backend}'")
+    cfg = _copy(cfg)
+    cfg.ops_backend = backend
+    for layer in _roi_align_layers(cfg.get("model")):
+        if backend == "torchvision" and layer.get("pool_mode", "avg") != "avg":
+            raise ConfigError(f"--ops-backend torchvision: torchvision's RoIAlign averages, but the config's "
+                              f"RoIAlign has pool_mode='{layer.get('pool_mode')}'; use --ops-backend mmcv")
+        layer["use_torchvision"] = backend == "torchvision"
+    return cfg
+
+
+def dump_detections_for_evaluation(cfg):
+    """Have the test evaluator (mmdet's CocoMetric, bbox) only write its detections, to
+    ``test_evaluator.outfile_prefix`` + ``.bbox.json`` (default: ``<work_dir>/test_detections``),
+    so that pisa-eval evaluates them once, keeping per-class precision (see coco_evaluation)."""
+    evaluator = cfg.get("test_evaluator")
+    if not isinstance(evaluator, dict) or evaluator.get("type") not in ("CocoMetric", "mmdet.CocoMetric"):
+        raise ConfigError(f"pisa-eval needs test_evaluator = dict(type='CocoMetric', metric='bbox', ann_file=...); "
+                          f"this config has {evaluator!r}")
+    metric = evaluator.get("metric", "bbox")
+    if "bbox" not in ([metric] if isinstance(metric, str) else list(metric)):
+        raise ConfigError(f"pisa-eval reports COCO bbox metrics, but test_evaluator.metric is {metric!r}; "
+                          f"set --cfg-options test_evaluator.metric=bbox")
+    if not evaluator.get("ann_file"):
+        raise ConfigError("test_evaluator.ann_file is not set; pisa-eval needs the ground truth of the test set "
+                          "(or point the config at a COCO-format folder with --data DIR)")
+    cfg = _copy(cfg)
+    cfg.test_evaluator.format_only = True
+    if not cfg.test_evaluator.get("outfile_prefix"):
+        cfg.test_evaluator.outfile_prefix = osp.join(cfg.work_dir, "test_detections")
+    return cfg
+
+
+def enable_tensorboard(cfg):
+    """Log scalars to TensorBoard as well, with MMEngine's TensorboardVisBackend (files under
+    ``<work_dir>/<timestamp>/vis_data/``), beside the LocalVisBackend's scalars.json."""
+    cfg = _copy(cfg)
+    visualizer = cfg.get("visualizer")
+    if visualizer is None:
+        raise ConfigError("--tensorboard needs a visualizer in the config, e.g. "
+                          "visualizer = dict(type='DetLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')])")
+    backends = list(visualizer.get("vis_backends") or [])
+    if not any(backend.get("type") == "TensorboardVisBackend" for backend in backends):
+        backends.append(dict(type="TensorboardVisBackend"))
+    visualizer.vis_backends = backends
     return cfg

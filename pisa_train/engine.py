@@ -7,6 +7,7 @@ safe for torch >= 2.6 (see safe_checkpoint_loading).
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
 
 from pisa_train.dataset_presence import check_dataset_present, innermost_dataset
@@ -23,7 +24,8 @@ def prepare_datasets(cfg, dataloader_keys) -> None:
 def describe_run(cfg, device: str) -> list[str]:
     """What the run will do, in the words of its config, logged before it starts."""
     lines = [f"config: {cfg.filename}", f"work dir: {osp.abspath(cfg.work_dir)}",
-             f"device: {device}, launcher: {cfg.get('launcher', 'none')}"]
+             f"device: {device}, launcher: {cfg.get('launcher', 'none')}, "
+             f"RoIAlign and NMS kernels: {cfg.get('ops_backend', 'mmcv')}"]
     train_loader = cfg.get("train_dataloader") or {}
     dataset = innermost_dataset(train_loader.get("dataset")) or {}
     classes = (dataset.get("metainfo") or {}).get("classes")
@@ -33,10 +35,18 @@ def describe_run(cfg, device: str) -> list[str]:
                  f"num_classes: {bbox_head.get('num_classes')}")
     lr = cfg.optim_wrapper.get("optimizer", {}).get("lr")
     scale = cfg.get("auto_scale_lr") or {}
-    lr_note = (f", scaled by total batch / {scale.get('base_batch_size')} (--auto-scale-lr)"
-               if scale.get("enable") else "")
-    lines.append(f"batch size per process: {train_loader.get('batch_size')}; learning rate: {lr}{lr_note}; "
-                 f"optimizer wrapper: {cfg.optim_wrapper.get('type')}")
+    # torchrun (and --nproc) set WORLD_SIZE for every process; MMEngine scales the learning rate
+    # by world size x batch per process / base_batch_size when auto_scale_lr is enabled.
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if cfg.get("launcher", "none") != "none" else 1
+    batch = train_loader.get("batch_size")
+    total = batch * world_size if isinstance(batch, int) else None
+    if scale.get("enable") and total and lr is not None:
+        lr_note = (f"{lr * total / scale['base_batch_size']:g} (the config's {lr:g} x total batch {total} / "
+                   f"{scale['base_batch_size']}, --auto-scale-lr)")
+    else:
+        lr_note = f"{lr}"
+    lines.append(f"world size: {world_size}; batch size per process: {batch}; total batch size: {total}; "
+                 f"learning rate: {lr_note}; optimizer wrapper: {cfg.optim_wrapper.get('type')}")
     loop = cfg.train_cfg
     length = (f"{loop.get('max_iters')} iterations" if "max_iters" in loop
               else f"{loop.get('max_epochs')} epochs")
@@ -53,10 +63,17 @@ def build_runner(cfg, trusted_checkpoints=()):
     # Imported for their registration in mmengine's HOOKS (config_rewrites.add_training_safeguards names them).
     import pisa_train.checkpoint_compatibility  # noqa: F401
     import pisa_train.checkpoint_saving  # noqa: F401
+    import pisa_train.per_rank_losses  # noqa: F401
     import pisa_train.training_guards  # noqa: F401
     from pisa_train.safe_checkpoint_loading import guard_checkpoint_loading
 
     guard_checkpoint_loading(trusted_checkpoints)
+    from pisa_train.ops_backend import install_ops_backend
+
+    install_ops_backend(cfg)  # NMS on torchvision's kernels when the config says so
+    from pisa_train.distributed_on_cpu import init_process_group_on_cpu  # also registers CpuDistributedDataParallel
+
+    init_process_group_on_cpu(cfg)  # before the Runner: mmengine 0.10.7's own init needs a GPU
     if "runner_type" in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

@@ -27,6 +27,12 @@ def coco_bbox_summary(metrics: dict) -> dict:
     return {name: float(metrics[key]) for name, key in COCO_BBOX_METRICS}
 
 
+def summary_from_stats(stats) -> dict:
+    """The six numbers from COCOeval's ``stats`` (its first six entries), rounded to 3
+    decimals as mmdet's CocoMetric reports them; -1 (no objects of that size) stays -1."""
+    return {name: round(float(stats[index]), 3) for index, (name, _) in enumerate(COCO_BBOX_METRICS)}
+
+
 def format_metrics_table(summary: dict) -> str:
     names = list(summary)
     widths = [max(len(n), 6) for n in names]
@@ -37,7 +43,8 @@ def format_metrics_table(summary: dict) -> str:
 
 
 def write_metrics_json(path: str, summary: dict, **context) -> None:
-    """Write atomically, so that a reader never sees half a file."""
+    """Write atomically, so that a reader never sees half a file. ``context`` adds keys
+    beside "bbox" (the config, the checkpoint, "per_class")."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")

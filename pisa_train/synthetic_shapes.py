@@ -134,9 +134,14 @@ def ensure_synthetic_dataset(cfg) -> str | None:
     try:
         generate_shapes_dataset(staging / "dataset", **spec)
         (staging / "dataset" / MANIFEST).write_text(json.dumps(spec))
-        if root.exists():
-            root.rmdir()  # empty (checked above)
         try:
+            # Another process (--nproc) may have removed the empty folder, or renamed its dataset in, since
+            # the check above: then rmdir or rename fails, and the manifest says whether that is why.
+            if root.exists():
+                try:
+                    root.rmdir()  # empty (checked above)
+                except FileNotFoundError:
+                    pass
             os.rename(staging / "dataset", root)
         except OSError:
             if not manifest.exists():  # not another process that finished first

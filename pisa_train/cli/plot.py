@@ -1,0 +1,51 @@
+"""``pisa-plot WORK_DIR``: draw a work dir's training curves (losses, learning rate, bbox mAP) as a PNG.
+
+pisa-train draws them by itself at the end of a run; this command draws them on
+demand (during a run, or for an older one) from MMEngine's logs in the work dir
+(see pisa_train.training_curves). It is not a live dashboard: use
+``pisa-train --tensorboard`` and TensorBoard for that.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pisa_train.error_reporting import run_reporting_errors
+
+PROG = "pisa-plot"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Draw the training curves of a pisa-train work dir into a PNG.",
+        epilog="Example: pisa-plot work_dirs/pisa_faster_rcnn_r18_fpn_demo_shapes")
+    parser.add_argument("work_dir", help="the work dir of a pisa-train run (with <timestamp>/vis_data/scalars.json)")
+    parser.add_argument("--out", metavar="FILE.png", help="where to write the PNG (default: WORK_DIR/training_curves.png)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
+
+
+def plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pisa_train.errors import DataError, UsageError
+
+    if args.out is not None and not args.out.endswith(".png"):
+        raise UsageError(f"--out {args.out}: the curves are written as PNG; give a file name ending in .png")
+    if not Path(args.work_dir).is_dir():
+        raise DataError(f"work dir {args.work_dir} not found; give the folder pisa-train wrote its checkpoints "
+                        f"and logs to (work_dirs/<config name> by default)")
+    from pisa_train.training_curves import plot_training_curves
+
+    path = plot_training_curves(args.work_dir, args.out)
+    print(f"[{PROG}] training curves written to {path}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(PROG, lambda: plot(args), debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""pisa-train --doctor: the environment report, and a non-zero exit when a config's needs are missing."""
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from conftest import DEMO_CONFIG, X101_PISA_CONFIG
+from pisa_train import exit_codes
+from pisa_train.cli.train import main
+
+
+@pytest.fixture(autouse=True)
+def _restore_visible_gpus(monkeypatch):
+    # --device cpu hides the GPUs by setting CUDA_VISIBLE_DEVICES in this process.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_doctor_without_a_config_reports_the_environment(capsys, tmp_path):
+    import mmcv
+    import mmdet
+    import mmengine
+    import torch
+    from mmcv.ops import get_compiling_cuda_version
+
+    assert main(["--doctor", "--work-dir", str(tmp_path / "not" / "yet")]) == 0
+    out = capsys.readouterr().out
+    assert f"python: {platform.python_version()}" in out
+    assert f"torch: {torch.__version__}" in out
+    for name, module in (("mmcv", mmcv), ("mmdet", mmdet), ("mmengine", mmengine)):
+        assert f"{name}: {module.__version__}" in out
+    has_cuda_kernels = get_compiling_cuda_version() != "not available"
+    assert f"CPU kernels: yes; CUDA kernels: {'yes' if has_cuda_kernels else 'no'}" in out
+    assert ("GPU 0:" in out) == (torch.cuda.device_count() > 0)
+    assert f"at {tmp_path}" in out and "GiB free" in out  # the nearest existing folder of the work dir
+    assert "MISSING" not in out
+
+
+def test_doctor_with_a_config_checks_its_dataset_and_weights(capsys, tmp_path, monkeypatch, shapes_dataset):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    args = ["--doctor", str(X101_PISA_CONFIG), "--device", "cpu", "--work-dir", str(tmp_path / "w")]
+
+    # COCO is not there, nor the backbone's weights.
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == exit_codes.ENVIRONMENT_ERROR
+    captured = capsys.readouterr()
+    assert "MISSING dataset: train_dataloader.dataset.ann_file = data/coco/annotations/instances_train2017.json" \
+        in captured.out
+    weights = tmp_path / "torch_home" / "hub" / "checkpoints" / "resnext101_32x4d-a5af3160.pth"
+    assert f"MISSING pretrained weights: open-mmlab://resnext101_32x4d -> {weights}" in captured.out
+    assert "thing(s) this run needs are missing" in captured.err
+
+    # With the data (--data) but still without the weights: only the weights are missing.
+    assert main([*args, "--data", str(shapes_dataset)]) == exit_codes.ENVIRONMENT_ERROR
+    captured = capsys.readouterr()
+    assert captured.out.count("MISSING") == 1 and "MISSING pretrained weights" in captured.out
+
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"placeholder")
+    assert main([*args, "--data", str(shapes_dataset)]) == 0
+    captured = capsys.readouterr()
+    assert "MISSING" not in captured.out
+    assert "ok      pretrained weights: open-mmlab://resnext101_32x4d" in captured.out
+    assert f"dataset: train_dataloader.dataset.ann_file = {shapes_dataset}" in captured.out
+
+
+def test_doctor_with_the_demo_config_needs_nothing_downloaded(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--doctor", str(DEMO_CONFIG), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic, generated into" in out and "trains from scratch" in out
+
+
+def test_train_without_a_config_or_doctor_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == exit_codes.USAGE_ERROR
+    assert "config (or --doctor)" in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""Level (a) for issue 6: pisa-plot and pisa-infer as commands, the training-curve reader, and
+the config rewrites behind pisa-eval's per-class report and pisa-train --tensorboard."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO_CONFIG
+from pisa_train import exit_codes
+from pisa_train.cli import plot as plot_cli
+
+
+@pytest.mark.parametrize("module", ["infer", "plot"])
+def test_help_imports_neither_torch_nor_mmdet_nor_matplotlib(module):
+    code = (f"import sys\nfrom pisa_train.cli.{module} import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "heavy = sorted(m for m in ('torch', 'mmdet', 'mmengine', 'mmcv', 'matplotlib') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage:" in out and "HEAVY []" in out
+
+
+def write_run(work_dir, timestamp, train_steps, val_steps, loss_offset=0.0):
+    vis = work_dir / timestamp / "vis_data"
+    vis.mkdir(parents=True)
+    lines = []
+    for step in train_steps:
+        lines.append({"lr": 0.01 * step, "loss": 2.0 - 0.01 * step + loss_offset, "loss_cls": 1.0 + loss_offset,
+                      "loss_bbox": 0.5, "epoch": 1 + step // 10, "iter": step, "step": step})
+    for epoch in val_steps:
+        lines.append({"coco/bbox_mAP": 0.1 * epoch, "coco/bbox_mAP_50": 0.2 * epoch, "coco/bbox_mAP_75": 0.05 * epoch,
+                      "data_time": 0.1, "time": 0.2, "step": epoch})
+    (vis / "scalars.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n{\"lr\": 0.1, \"lo")
+
+
+def test_a_resumed_run_reads_as_one_with_the_redone_iterations_from_the_later_run(tmp_path):
+    from pisa_train.training_curves import read_scalars
+
+    write_run(tmp_path, "20260101_000000", range(5, 35, 5), [1, 2])
+    write_run(tmp_path, "20260101_010000", range(25, 45, 5), [3, 4], loss_offset=10.0)  # resumed at iteration 20
+    training, validation = read_scalars(tmp_path)
+    assert sorted(training) == list(range(5, 45, 5))
+    assert training[20]["loss_cls"] == 1.0 and training[25]["loss_cls"] == 11.0  # 25, 30 come from the resume
+    assert sorted(validation) == [1, 2, 3, 4]
+    assert validation[3]["coco/bbox_mAP"] == pytest.approx(0.3)
+
+
+def test_pisa_plot_writes_a_png_of_the_work_dir(tmp_path, capsys):
+    from PIL import Image
+
+    from pisa_train.training_curves import FIGURE_DPI, FIGURE_SIZE_INCHES
+
+    write_run(tmp_path, "20260101_000000", range(1, 20), [1])
+    assert plot_cli.main([str(tmp_path)]) == 0
+    assert f"training curves written to {tmp_path / 'training_curves.png'}" in capsys.readouterr().out
+    with Image.open(tmp_path / "training_curves.png") as image:
+        image.verify()
+    with Image.open(tmp_path / "training_curves.png") as image:
+        assert image.format == "PNG"
+        assert image.size == (FIGURE_SIZE_INCHES[0] * FIGURE_DPI, FIGURE_SIZE_INCHES[1] * FIGURE_DPI)
+        assert len(image.convert("L").getcolors(maxcolors=256 * 256) or []) > 10  # drawn on, not blank
+
+
+def test_pisa_plot_on_a_folder_without_logs_says_what_it_needs(tmp_path, capsys):
+    assert plot_cli.main([str(tmp_path)]) == exit_codes.DATA_ERROR
+    assert "holds no training logs" in capsys.readouterr().err
+    assert plot_cli.main([str(tmp_path / "absent")]) == exit_codes.DATA_ERROR
+    assert plot_cli.main([str(tmp_path), "--out", "x.jpg"]) == exit_codes.USAGE_ERROR
+
+
+def demo_config():
+    from pisa_train import config_rewrites as rewrite
+    from pisa_train.config_loading import load_config
+
+    return rewrite.apply_work_dir(load_config(str(DEMO_CONFIG), {}, {}), "w", str(DEMO_CONFIG))
+
+
+def test_pisa_eval_has_the_detections_written_and_evaluates_them_itself():
+    from pisa_train.config_rewrites import dump_detections_for_evaluation
+
+    cfg = demo_config()
+    rewritten = dump_detections_for_evaluation(cfg)
+    assert rewritten.test_evaluator.format_only is True
+    assert rewritten.test_evaluator.outfile_prefix == "w/test_detections"
+    assert cfg.test_evaluator.get("format_only") is False  # the argument is untouched
+    cfg.test_evaluator.outfile_prefix = "mine/det"
+    assert dump_detections_for_evaluation(cfg).test_evaluator.outfile_prefix == "mine/det"
+
+
+def test_pisa_eval_refuses_a_test_evaluator_that_is_not_coco_bbox():
+    from pisa_train.config_rewrites import dump_detections_for_evaluation
+    from pisa_train.errors import ConfigError
+
+    cfg = demo_config()
+    cfg.test_evaluator.metric = "segm"
+    with pytest.raises(ConfigError, match="test_evaluator.metric=bbox"):
+        dump_detections_for_evaluation(cfg)
+    cfg.test_evaluator = dict(type="VOCMetric")
+    with pytest.raises(ConfigError, match="CocoMetric"):
+        dump_detections_for_evaluation(cfg)
+
+
+def test_tensorboard_adds_mmengines_backend_once():
+    from pisa_train.config_rewrites import enable_tensorboard
+
+    cfg = enable_tensorboard(enable_tensorboard(demo_config()))
+    assert [b["type"] for b in cfg.visualizer.vis_backends] == ["LocalVisBackend", "TensorboardVisBackend"]
+
+
+def test_tensorboard_without_the_package_is_an_environment_problem(monkeypatch, capsys):
+    import importlib.util
+
+    from pisa_train.cli import train as train_cli
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    assert train_cli.main([str(DEMO_CONFIG), "--device", "cpu", "--tensorboard"]) == exit_codes.ENVIRONMENT_ERROR
+    assert "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_infer_refuses_missing_images_and_bad_thresholds(tmp_path, capsys):
+    from pisa_train.cli import infer as infer_cli
+
+    checkpoint = tmp_path / "w.pth"
+    checkpoint.write_bytes(b"")
+    assert infer_cli.main([str(DEMO_CONFIG), str(checkpoint), str(tmp_path / "nope.jpg"), "--out", str(tmp_path),
+                           "--device", "cpu"]) == exit_codes.DATA_ERROR
+    assert "nope.jpg not found" in capsys.readouterr().err
+    assert infer_cli.main([str(DEMO_CONFIG), str(checkpoint), str(tmp_path), "--out", str(tmp_path),
+                           "--score-thr", "1.5"]) == exit_codes.USAGE_ERROR
+    assert infer_cli.main([str(DEMO_CONFIG), str(checkpoint), str(tmp_path), "--out", str(tmp_path),
+                           "--device", "cpu"]) == exit_codes.DATA_ERROR  # a folder without images
+    assert "holds no images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_infer_loads_checkpoints_weights_only_and_runs_no_code_from_them(tmp_path, run_cli):
+    from PIL import Image
+
+    evil, marker, image = tmp_path / "evil.pth", tmp_path / "pwned", tmp_path / "one.jpg"
+    code = ("import os, torch\n"
+            "class Payload:\n"
+            "    def __reduce__(self):\n"
+            f"        return (os.system, ('touch {marker}',))\n"
+            f"torch.save({{'meta': {{'x': Payload()}}, 'state_dict': {{}}}}, {str(evil)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    Image.new("RGB", (64, 64), (90, 120, 30)).save(image)
+    result = run_cli("infer", [DEMO_CONFIG, evil, image, "--out", tmp_path / "out", "--device", "cpu"], cwd=tmp_path)
+    assert result.returncode == exit_codes.CHECKPOINT_ERROR, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"pisa-infer: error: checkpoint {evil} was refused: it pickles posix.system")
+    assert not marker.exists()
