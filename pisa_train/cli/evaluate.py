@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pisa_train.cli.shared_options import (DEVICE_HELP, add_config_overrides, add_debug, add_ops_backend,
+                                           add_trust_checkpoint, load_config_with_overrides)
 from pisa_train.error_reporting import run_reporting_errors
 
 PROG = "pisa-eval"
@@ -35,42 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coco-backend", choices=["faster-coco-eval", "pycocotools"], default="faster-coco-eval",
                         help="what computes the COCO metrics: faster-coco-eval (default; a C++ reimplementation "
                              "that gives pycocotools' numbers, faster) or pycocotools")
-    parser.add_argument("--device", choices=["cpu", "cuda"],
-                        help="evaluate on this device (default: cuda when a GPU is visible, else cpu)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--data", metavar="DIR",
-                        help="a COCO-format dataset folder (Roboflow export, COCO 2017 layout, or annotations "
-                             "beside images/): sets the data paths, classes and num_classes of the config")
-    parser.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
-                        help="override config settings (values parsed as mmengine's DictAction does); "
-                             "a key the config does not have is refused with the closest keys it has")
-    parser.add_argument("--cfg-add", nargs="+", metavar="KEY=VALUE", default=[],
-                        help="add settings the config does not have yet, e.g. test_evaluator.outfile_prefix=out/det")
-    parser.add_argument("--trust-checkpoint", action="append", default=[], metavar="FILE",
-                        help="unpickle this checkpoint in full, even if it holds more than weights and mmengine's "
-                             "training state (which can run code from the file: only for files you trust)")
-    parser.add_argument("--ops-backend", choices=["auto", "mmcv", "torchvision"], default="auto",
-                        help="kernels for RoIAlign and NMS: mmcv's compiled ops or torchvision's (default auto: "
-                             "mmcv's where mmcv has kernels for the device, else torchvision's)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    add_config_overrides(parser)
+    add_trust_checkpoint(parser)
+    add_ops_backend(parser)
+    add_debug(parser)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return parser
 
 
 def build_config(args: argparse.Namespace, device: str):
     from pisa_train import config_rewrites as rewrite
-    from pisa_train.config_loading import load_config, parse_cfg_options
 
     if args.out is not None and not args.out.endswith(".json"):
         from pisa_train.errors import UsageError
 
         raise UsageError(f"--out {args.out}: the metrics are written as JSON; give a file name ending in .json")
-    cfg = load_config(args.config, parse_cfg_options(args.cfg_options), parse_cfg_options(args.cfg_add))
-    notes: list[str] = []
-    if args.data:
-        from pisa_train.dataset_layout import use_dataset_folder
-
-        cfg, notes = use_dataset_folder(cfg, args.data)
+    cfg, notes = load_config_with_overrides(args)
     cfg = rewrite.set_launcher(cfg, args.launcher)
     cfg = rewrite.apply_work_dir(cfg, args.work_dir, args.config)
     cfg = rewrite.apply_device(cfg, device)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pisa_train.cli.shared_options import (DEVICE_HELP, add_config_overrides, add_debug, add_trust_checkpoint,
+                                           load_config_with_overrides)
 from pisa_train.error_reporting import run_reporting_errors
 
 PROG = "pisa-infer"
@@ -30,14 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the drawn images and detections.json go")
     parser.add_argument("--score-thr", type=float, default=0.3, metavar="T",
                         help="keep detections with a score of at least T (default 0.3)")
-    parser.add_argument("--device", choices=["cpu", "cuda"],
-                        help="run on this device (default: cuda when a GPU is visible, else cpu)")
-    parser.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
-                        help="override config settings (as pisa-train), e.g. model.test_cfg.rcnn.max_per_img=50")
-    parser.add_argument("--trust-checkpoint", action="append", default=[], metavar="FILE",
-                        help="unpickle this checkpoint in full, even if it holds more than weights and mmengine's "
-                             "training state (which can run code from the file: only for files you trust)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
+    add_config_overrides(parser, with_data=False)
+    add_trust_checkpoint(parser)
+    add_debug(parser)
     return parser
 
 
@@ -49,13 +47,12 @@ def infer(args: argparse.Namespace) -> int:
 
     if not 0 <= args.score_thr <= 1:
         raise UsageError(f"--score-thr must be between 0 and 1, not {args.score_thr}")
-    from pisa_train.config_loading import load_config, parse_cfg_options
     from pisa_train.device import choose_device
     from pisa_train.inference import find_images
 
     device = choose_device(args.device)
     images = find_images(args.inputs)
-    cfg = load_config(args.config, parse_cfg_options(args.cfg_options), {})
+    cfg, _ = load_config_with_overrides(args)
 
     from mmdet.apis import inference_detector
 
