@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-# MMDetection's CocoMetric keys -> the names people quote in papers.
+# The names people quote in papers, in COCOeval's stats order, with MMDetection's CocoMetric keys.
 COCO_BBOX_METRICS = (
     ("AP", "coco/bbox_mAP"),
     ("AP50", "coco/bbox_mAP_50"),
@@ -14,17 +14,6 @@ COCO_BBOX_METRICS = (
     ("APm", "coco/bbox_mAP_m"),
     ("APl", "coco/bbox_mAP_l"),
 )
-
-
-def coco_bbox_summary(metrics: dict) -> dict:
-    """Pick the six COCO bbox numbers out of ``Runner.test()``'s result."""
-    missing = [key for _, key in COCO_BBOX_METRICS if key not in metrics]
-    if missing:
-        from pisa_train.errors import ConfigError
-
-        raise ConfigError(f"the test evaluator reported {sorted(metrics)} but not {missing}; pisa-eval needs "
-                          f"test_evaluator = dict(type='CocoMetric', metric='bbox', ...)")
-    return {name: float(metrics[key]) for name, key in COCO_BBOX_METRICS}
 
 
 def summary_from_stats(stats) -> dict:
