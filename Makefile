@@ -14,7 +14,7 @@ setup:
 # Train the demo (continuing a finished or interrupted demo run rather than
 # starting it over), then evaluate its last checkpoint.
 demo: setup
-	@echo "[demo] training PISA Faster R-CNN R-18 on the synthetic shapes dataset (CPU: about 10 minutes)"
+	@echo "[demo] training PISA Faster R-CNN R-18 on the synthetic shapes dataset (about 15 minutes on 2 CPU cores)"
 	$(VENV)/bin/pisa-train $(DEMO_CONFIG) --resume
 	@echo "[demo] evaluating the last checkpoint"
 	$(VENV)/bin/pisa-eval $(DEMO_CONFIG) "$$(cat $(DEMO_WORK_DIR)/last_checkpoint)" --out $(DEMO_WORK_DIR)/metrics.json

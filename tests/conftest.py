@@ -12,6 +12,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "configs"
 DEMO_CONFIG = CONFIGS / "pisa_faster_rcnn_r18_fpn_demo_shapes.py"
 X101_PISA_CONFIG = CONFIGS / "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
+# A real Roboflow export (train split, 9 images, root category 'badminton', one class
+# 'shuttlecock'), in the project's shared/ folder beside the repository. Read-only: copy it first.
+ROBOFLOW_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "roboflow-badminton"
 
 
 def run_command(module: str, args: list[str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -35,3 +38,13 @@ def shapes_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes") / "dataset"
     generate_shapes_dataset(root, seed=3, num_train_images=8, num_val_images=4, image_size=96)
     return root
+
+
+@pytest.fixture
+def roboflow_export(tmp_path) -> Path:
+    """A writable copy of the shared Roboflow export."""
+    import shutil
+
+    assert ROBOFLOW_FIXTURE.is_dir(), (f"{ROBOFLOW_FIXTURE} is missing: the tests expect the project's shared/ "
+                                       f"folder beside the repository")
+    return Path(shutil.copytree(ROBOFLOW_FIXTURE, tmp_path / "roboflow-badminton"))

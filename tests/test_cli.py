@@ -155,11 +155,8 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_data_points_the_x101_config_at_a_roboflow_export(tmp_path):
-    import shutil
-
-    export = tmp_path / "badminton"
-    shutil.copytree(REPO_ROOT.parent / "shared" / "fixtures" / "roboflow-badminton", export)
+def test_data_points_the_x101_config_at_a_roboflow_export(roboflow_export):
+    export = roboflow_export
     cfg = train_config(X101_PISA_CONFIG, "--data", export)
     dataset = cfg.train_dataloader.dataset
     assert tuple(dataset.metainfo.classes) == ("shuttlecock",)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEMO_CONFIG, REPO_ROOT, X101_PISA_CONFIG, run_command
+from conftest import DEMO_CONFIG, X101_PISA_CONFIG, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -75,11 +75,8 @@ def test_x101_pisa_trains_two_iterations_and_resume_continues_the_schedule(tmp_p
     assert "mmengine.logging.history_buffer.HistoryBuffer" in unsafe
 
 
-def test_x101_pisa_trains_on_the_real_roboflow_export_with_one_class(tmp_path):
-    import shutil
-
-    export = tmp_path / "badminton"
-    shutil.copytree(REPO_ROOT.parent / "shared" / "fixtures" / "roboflow-badminton", export)
+def test_x101_pisa_trains_on_the_real_roboflow_export_with_one_class(tmp_path, roboflow_export):
+    export = roboflow_export
     work_dir = tmp_path / "work"
     result = run_command("train", [X101_PISA_CONFIG, "--device", "cpu", "--data", export, "--work-dir", work_dir,
                                    "--max-iters", "2", "--cfg-options",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-ROBOFLOW_FIXTURE = Path("/work/shared/fixtures/roboflow-badminton")
+from conftest import ROBOFLOW_FIXTURE  # one definition of where the shared fixture lives
 
 
 def copy_roboflow_fixture(tmp_path: Path) -> Path:
