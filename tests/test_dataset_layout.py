@@ -59,7 +59,7 @@ def test_real_roboflow_export_config_has_one_class_and_no_validation(config):
     assert cfg.model.roi_head.bbox_head.num_classes == 1
     train = cfg.train_dataloader.dataset.dataset
     assert train.metainfo.classes == ("shuttlecock",)
-    assert train.data_root == str(ROBOFLOW_FIXTURE)
+    assert train.data_root == str(ROBOFLOW_FIXTURE.resolve())  # resolved: shared/ may be a link
     assert train.ann_file == "train/_annotations.coco.json"
     assert train.data_prefix == dict(img="train/")
     assert cfg.val_dataloader is None and cfg.val_cfg is None and cfg.val_evaluator is None
