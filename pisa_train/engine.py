@@ -25,7 +25,7 @@ def describe_run(cfg, device: str) -> list[str]:
     """What the run will do, in the words of its config, logged before it starts."""
     lines = [f"config: {cfg.filename}", f"work dir: {osp.abspath(cfg.work_dir)}",
              f"device: {device}, launcher: {cfg.get('launcher', 'none')}, "
-             f"RoIAlign and NMS kernels: {cfg.get('ops_backend', 'mmcv')}"]
+             f"RoIAlign and NMS kernels: {cfg.get('ops_backend') or 'as the config sets them (mmcv NMS)'}"]
     train_loader = cfg.get("train_dataloader") or {}
     dataset = innermost_dataset(train_loader.get("dataset")) or {}
     classes = (dataset.get("metainfo") or {}).get("classes")

@@ -56,6 +56,14 @@ def choose_ops_backend(requested: str, device: str, mmcv_kernels: frozenset[str]
     return requested
 
 
+def backend_to_apply(requested: str, device: str, mmcv_kernels: frozenset[str] | set[str]) -> str | None:
+    """The backend to rewrite the config to, or None when ``auto`` finds mmcv's kernels for
+    the device: then the config's own choice stands (the demo config, for one, asks for
+    torchvision's RoIAlign on the CPU because it is faster there)."""
+    backend = choose_ops_backend(requested, device, mmcv_kernels)
+    return None if requested == "auto" and backend == "mmcv" else backend
+
+
 def mmcv_kernel_devices() -> frozenset[str]:
     """The devices mmcv's compiled ops (``mmcv._ext``) have kernels for."""
     try:

@@ -268,6 +268,23 @@ def test_pisa_train_and_pisa_eval_hand_the_backend_to_the_config(tmp_path):
         cfg, _ = module.build_config(args, "cpu")
         assert cfg.ops_backend == "torchvision", module.__name__
         assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
+        # auto on the CPU, where mmcv has kernels in every build: the config's own choice stands
+        # (the demo config asks for torchvision's RoIAlign; the X101 config for mmcv's).
         default, _ = module.build_config(module.build_parser().parse_args(argv), "cpu")
-        assert default.ops_backend == "mmcv"  # auto on the CPU: mmcv has CPU kernels in every build
-        assert default.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is False
+        assert "ops_backend" not in default
+        assert default.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
+        forced, _ = module.build_config(module.build_parser().parse_args([*argv, "--ops-backend", "mmcv"]), "cpu")
+        assert forced.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is False
+
+
+@pytest.mark.parametrize("requested, device, kernels, expected", [
+    ("auto", "cpu", {"cpu"}, None),
+    ("auto", "cuda", {"cpu"}, "torchvision"),
+    ("auto", "cuda", {"cpu", "cuda"}, None),
+    ("mmcv", "cpu", {"cpu"}, "mmcv"),
+    ("torchvision", "cpu", {"cpu"}, "torchvision"),
+])
+def test_auto_leaves_the_configs_own_choice_where_mmcv_has_kernels(requested, device, kernels, expected):
+    from pisa_train.ops_backend import backend_to_apply
+
+    assert backend_to_apply(requested, device, frozenset(kernels)) == expected

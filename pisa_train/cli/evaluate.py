@@ -58,10 +58,11 @@ def build_config(args: argparse.Namespace, device: str):
     cfg = rewrite.set_launcher(cfg, args.launcher)
     cfg = rewrite.apply_work_dir(cfg, args.work_dir, args.config)
     cfg = rewrite.apply_device(cfg, device)
-    from pisa_train.ops_backend import choose_ops_backend, mmcv_kernel_devices
+    from pisa_train.ops_backend import backend_to_apply, mmcv_kernel_devices
 
-    cfg = rewrite.apply_ops_backend(cfg, choose_ops_backend(getattr(args, "ops_backend", "auto"), device,
-                                                            mmcv_kernel_devices()))
+    ops_backend = backend_to_apply(args.ops_backend, device, mmcv_kernel_devices())
+    if ops_backend is not None:
+        cfg = rewrite.apply_ops_backend(cfg, ops_backend)
     cfg = rewrite.apply_checkpoint_for_testing(cfg, args.checkpoint)
     cfg = rewrite.enable_show_dir(cfg, args.show_dir)
     cfg = rewrite.dump_detections_for_evaluation(cfg)
