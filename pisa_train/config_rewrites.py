@@ -153,6 +153,17 @@ def log_losses_per_rank(cfg):
     return cfg
 
 
+def show_progress_bars(cfg):
+    """A progress bar for training, validation and testing on a terminal (see training_progress;
+    it draws nothing when stdout is not a terminal, so the same config serves both)."""
+    cfg = _copy(cfg)
+    hooks = list(cfg.get("custom_hooks") or [])
+    if not any(hook.get("type") == "ProgressBarHook" for hook in hooks):
+        hooks.append(dict(type="ProgressBarHook"))
+    cfg.custom_hooks = hooks
+    return cfg
+
+
 def apply_checkpoint_for_testing(cfg, checkpoint: str):
     if not osp.isfile(checkpoint):
         raise CheckpointError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "

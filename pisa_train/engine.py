@@ -21,6 +21,33 @@ def prepare_datasets(cfg, dataloader_keys) -> None:
     check_dataset_present(cfg, dataloader_keys)
 
 
+# What each launcher tells its processes before MMEngine starts the process group: torchrun (and
+# --nproc) RANK and WORLD_SIZE, srun SLURM_PROCID and SLURM_NTASKS (mmengine, or distributed_on_cpu,
+# turns them into RANK and WORLD_SIZE later), mpirun (Open MPI) OMPI_COMM_WORLD_RANK and _SIZE.
+_LAUNCHER_VARIABLES = {"pytorch": ("RANK", "WORLD_SIZE"), "slurm": ("SLURM_PROCID", "SLURM_NTASKS"),
+                       "mpi": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")}
+
+
+def _from_launcher(cfg, which: int, default: int) -> int:
+    """Rank (which=0) or world size (which=1) of a distributed run: the launcher's variable, which
+    mmengine copies into RANK and WORLD_SIZE (and so overrides a stale one), else those."""
+    launcher = cfg.get("launcher", "none")
+    if launcher == "none":
+        return default
+    value = os.environ.get(_LAUNCHER_VARIABLES[launcher][which]) or os.environ.get(("RANK", "WORLD_SIZE")[which])
+    return int(value) if value else default
+
+
+def launched_rank(cfg) -> int:
+    """This process's rank in the run, as its launcher gives it (0 when not distributed)."""
+    return _from_launcher(cfg, 0, 0)
+
+
+def launched_world_size(cfg) -> int:
+    """The number of processes of the run, as its launcher gives it (1 when not distributed)."""
+    return _from_launcher(cfg, 1, 1)
+
+
 def describe_run(cfg, device: str) -> list[str]:
     """What the run will do, in the words of its config, logged before it starts."""
     lines = [f"config: {cfg.filename}", f"work dir: {osp.abspath(cfg.work_dir)}",
@@ -35,9 +62,9 @@ def describe_run(cfg, device: str) -> list[str]:
                  f"num_classes: {bbox_head.get('num_classes')}")
     lr = cfg.optim_wrapper.get("optimizer", {}).get("lr")
     scale = cfg.get("auto_scale_lr") or {}
-    # torchrun (and --nproc) set WORLD_SIZE for every process; MMEngine scales the learning rate
-    # by world size x batch per process / base_batch_size when auto_scale_lr is enabled.
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if cfg.get("launcher", "none") != "none" else 1
+    # MMEngine scales the learning rate by world size x batch per process / base_batch_size
+    # when auto_scale_lr is enabled.
+    world_size = launched_world_size(cfg)
     batch = train_loader.get("batch_size")
     total = batch * world_size if isinstance(batch, int) else None
     if scale.get("enable") and total and lr is not None:
@@ -65,6 +92,7 @@ def build_runner(cfg, trusted_checkpoints=()):
     import pisa_train.checkpoint_saving  # noqa: F401
     import pisa_train.per_rank_losses  # noqa: F401
     import pisa_train.training_guards  # noqa: F401
+    import pisa_train.training_progress  # noqa: F401
     from pisa_train.safe_checkpoint_loading import guard_checkpoint_loading
 
     guard_checkpoint_loading(trusted_checkpoints)
@@ -96,13 +124,23 @@ def run_training(cfg, trusted_checkpoints=()) -> None:
             raise problem from error
         raise
     finally:
-        from pisa_train.training_guards import StopOnSignalHook
+        restore_hooks(runner)
 
-        for hook in runner.hooks:  # a failed run leaves no handler behind (in-process callers, tests)
-            if isinstance(hook, StopOnSignalHook):
-                hook.restore()
+
+def restore_hooks(runner) -> None:
+    """A failed run leaves no signal handler behind (in-process callers, tests) and no progress bar
+    over its error message: MMEngine calls after_run only when a run succeeds."""
+    from pisa_train.training_guards import StopOnSignalHook
+    from pisa_train.training_progress import ProgressBarHook
+
+    for hook in runner.hooks:
+        if isinstance(hook, (StopOnSignalHook, ProgressBarHook)):
+            hook.restore()
 
 
 def run_testing(cfg, trusted_checkpoints=()) -> dict:
     runner = build_runner(cfg, trusted_checkpoints)
-    return runner.test()
+    try:
+        return runner.test()
+    finally:
+        restore_hooks(runner)

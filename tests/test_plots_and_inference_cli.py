@@ -154,3 +154,24 @@ def test_infer_loads_checkpoints_weights_only_and_runs_no_code_from_them(tmp_pat
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"pisa-infer: error: checkpoint {evil} was refused: it pickles posix.system")
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_the_training_scalars_as_event_files(tmp_path, shapes_dataset, run_cli):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work_dir = tmp_path / "work"
+    result = run_cli("train", [DEMO_CONFIG, "--device", "cpu", "--data", shapes_dataset, "--work-dir", work_dir,
+                               "--max-iters", "3", "--tensorboard", "--cfg-options", "default_hooks.logger.interval=1"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    event_files = list(work_dir.glob("*/vis_data/events.out.tfevents.*"))
+    assert len(event_files) == 1, event_files
+    events = EventAccumulator(str(event_files[0].parent))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"loss", "loss_cls", "loss_bbox", "lr"} <= set(scalars), scalars
+    assert [event.step for event in events.Scalars("loss")] == [1, 2, 3]
+    # The same numbers as MMEngine's own scalars.json beside it.
+    logged = [json.loads(line) for line in (event_files[0].parent / "scalars.json").read_text().splitlines()]
+    assert [event.value for event in events.Scalars("loss")] == pytest.approx([r["loss"] for r in logged], rel=1e-6)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.shared_options import (DEVICE_HELP, add_config_overrides, add_debug, add_ops_backend,
-                                           add_trust_checkpoint, load_config_with_overrides)
+from pisa_train.cli.shared_options import (DEVICE_HELP, add_config_overrides, add_debug, add_no_progress,
+                                           add_ops_backend, add_trust_checkpoint, load_config_with_overrides)
 from pisa_train.error_reporting import run_reporting_errors
 
 PROG = "pisa-eval"
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_overrides(parser)
     add_trust_checkpoint(parser)
     add_ops_backend(parser)
+    add_no_progress(parser)
     add_debug(parser)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -67,6 +68,8 @@ def build_config(args: argparse.Namespace, device: str):
     cfg = rewrite.enable_show_dir(cfg, args.show_dir)
     cfg = rewrite.dump_detections_for_evaluation(cfg)
     cfg = rewrite.check_checkpoint_fits_model(cfg)
+    if args.progress:
+        cfg = rewrite.show_progress_bars(cfg)
     return cfg, notes
 
 

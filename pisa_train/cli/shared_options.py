@@ -34,6 +34,11 @@ def add_ops_backend(parser: argparse.ArgumentParser) -> None:
                              "mmcv's where mmcv has kernels for the device, else torchvision's)")
 
 
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar on a terminal (there is none when the output is not a terminal)")
+
+
 def add_debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.shared_options import (DEVICE_HELP, add_config_overrides, add_debug, add_ops_backend,
-                                           add_trust_checkpoint, load_config_with_overrides)
+from pisa_train.cli.shared_options import (DEVICE_HELP, add_config_overrides, add_debug, add_no_progress,
+                                           add_ops_backend, add_trust_checkpoint, load_config_with_overrides)
 from pisa_train.error_reporting import run_reporting_errors
 
 PROG = "pisa-train"
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_overrides(parser)
     add_trust_checkpoint(parser)
     add_ops_backend(parser)
+    add_no_progress(parser)
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log to TensorBoard (MMEngine's TensorboardVisBackend, under "
                              "WORK_DIR/<timestamp>/vis_data/); needs the tensorboard package")
@@ -86,6 +87,8 @@ def build_config(args: argparse.Namespace, device: str):
     cfg = rewrite.limit_iterations(cfg, args.max_iters)
     cfg = rewrite.add_training_safeguards(cfg)
     cfg = rewrite.log_losses_per_rank(cfg)  # after limit_iterations, which sets the logger interval
+    if args.progress:
+        cfg = rewrite.show_progress_bars(cfg)
     if args.tensorboard:
         from pisa_train.optional_packages import require_tensorboard
 
@@ -110,7 +113,7 @@ def train(args: argparse.Namespace) -> int:
     from pisa_train import engine
 
     engine.prepare_datasets(cfg, ("train_dataloader", "val_dataloader"))
-    if os.environ.get("RANK", "0") == "0":  # once per run, not once per process
+    if engine.launched_rank(cfg) == 0:  # once per run, not once per process
         for line in engine.describe_run(cfg, device):
             print(f"[{PROG}] {line}", flush=True)
     engine.run_training(cfg, args.trust_checkpoint)
@@ -125,7 +128,7 @@ def train(args: argparse.Namespace) -> int:
                   f"(redraw them with pisa-plot {cfg.work_dir})", flush=True)
         except DataError as no_logs:  # a run shorter than the logging interval: nothing to draw, not a failure
             print(f"[{PROG}] no training curves drawn: {no_logs}", flush=True)
-    print(f"[{PROG}] done; checkpoints and logs are in {cfg.work_dir}", flush=True)
+        print(f"[{PROG}] done; checkpoints and logs are in {cfg.work_dir}", flush=True)
     return 0
 
 
