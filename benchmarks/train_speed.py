@@ -1,20 +1,43 @@
-"""Time training iterations of PISA Faster R-CNN X101-32x4d FPN on generated COCO-like images.
+"""Time PISA Faster R-CNN X101-32x4d FPN training: pisa-train against MMDetection's own tools/train.py.
 
-    .venv/bin/python benchmarks/train_speed.py [--iters 20] [--warmup 3] [--batch 2]
-        [--size 1333 800] [--mode fp32|amp|bf16] [--ops-backend auto|mmcv|torchvision]
-        [--json out.json] [--device cpu|cuda]
+    .venv/bin/python benchmarks/train_speed.py [--iters 20] [--warmup 3] [--batch 2] [--size W H]
+        [--mode fp32|amp|bf16|all ...] [--workers N] [--out-dir DIR] [--json FILE]
 
-The model is the real config's (configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py, random
-weights); each batch is images of --size (default 1333x800 on a GPU, 448x256 on the CPU) with
-5-15 random boxes, made on the fly: "data time" is the time to make and preprocess a batch
-(normalise, pad), as the dataloader plus DetDataPreprocessor would. It reports s/iter, data
-time, images/s and peak memory (GPU: torch.cuda.max_memory_allocated; CPU: peak RSS), prints
-a JSON record and a markdown row naming the machine. A measurement, not a test; no dataset,
-no checkpoints, no MMEngine Runner (the loop is forward, backward and an SGD step, which is
-what MMEngine's train loop does per iteration, minus hooks).
+It generates a COCO-format dataset of random-textured JPEG images of W x H (default 1333x800,
+COCO's training size; 448x256 on a machine without a GPU, where 1333x800 would take minutes per
+iteration) with 2 to 12 boxes each, and writes a config that builds on
+configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py and changes only what a timing needs: the data
+paths, the train pipeline's Resize to W x H, the batch size and dataloader workers, a randomly
+initialised backbone (no ImageNet download), an IterBasedTrainLoop of warm-up + N iterations
+without validation or checkpoints, and a log line per iteration. Then, per mode, it trains that
+config twice, each time in a fresh process with the same flags: pisa-train
+(``python -m pisa_train.cli.train``, with its default ``--ops-backend auto``) and MMDetection
+3.3.0's tools/train.py as pip installs it (site-packages/mmdet/.mim/tools/train.py).
 
-Modes: fp32; amp: fp16 autocast with a dynamic loss scale (CUDA only, as --amp trains);
-bf16: bfloat16 autocast without a loss scale.
+From each run's MMEngine log, WORK_DIR/<timestamp>/vis_data/scalars.json (IterTimerHook's
+``time`` and ``data_time`` per iteration, the log window being 1; on a GPU also LogProcessor's
+``memory``, torch.cuda.max_memory_allocated in MiB), it drops the warm-up iterations and reports
+s/iter and data s/iter (means), images/s (batch / s/iter), peak memory (GPU: the largest
+``memory``; CPU: the peak RSS that wait4 reports for the training process, the larger of it and
+its dataloader workers), the timed iterations' losses, and the ratio of pisa-train's s/iter to
+mmdet's. It prints a JSON record and a markdown table whose rows name the machine; ``--json
+FILE`` also writes the record. With the same seed, config and kernels the two commands compute
+the same losses (checked on the CPU), so the ratio is the cost of what pisa-train adds around
+MMEngine's loop (its hooks: the signal and NaN guards, progress; no checkpoint is saved here).
+
+mmdet's tools/train.py runs unchanged on torch 2.14 for this (fp32, CPU). On a GPU whose mmcv
+was built without CUDA ops, pisa-train's ``--ops-backend auto`` uses torchvision's RoIAlign and
+NMS while mmdet's script has only mmcv's: its failure is then reported, not hidden.
+
+Modes: fp32; amp: ``--amp`` on both commands (AmpOptimWrapper, fp16, dynamic loss scale); bf16:
+AmpOptimWrapper with ``dtype='bfloat16'``, set in the generated config. mmengine 0.10.7's
+AmpOptimWrapper asserts a GPU, so amp and bf16 are refused on a machine without one.
+``--mode all`` runs fp32, amp and bf16 one after another (``--mode`` also repeats).
+
+A measurement, not a test (tests/test_train_speed_benchmark.py runs it small). The run folders
+(data, configs, work dirs, each command's output in ``<tool>.log``) stay under --out-dir.
+Exit code 0 when every run finished, 1 when one failed: its exit code and last output line are
+in the record and in the table, and its full output in its log.
 """
 from __future__ import annotations
 
@@ -22,133 +45,304 @@ import argparse
 import json
 import os
 import platform
-import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 CONFIG = REPO / "configs" / "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
+GPU_SIZE = (1333, 800)
+CPU_SIZE = (448, 256)
+MODES = ("fp32", "amp", "bf16")
+TOOLS = ("pisa-train", "mmdet")
+# COCO class names, so that MMDetection's CocoDataset (whose metainfo lists COCO's 80) keeps the boxes
+# and the model keeps the config's 80-class head.
+CATEGORIES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "dog", "chair")
 
 
-def machine_name(device: str) -> str:
-    import torch
+# ---- data and config -------------------------------------------------------------------------
 
+def _textured_image(rng, width: int, height: int):
+    """Low-frequency colour blobs plus pixel noise: JPEGs that decode like photographs, not flat colour."""
+    import numpy as np
+    from PIL import Image
+
+    coarse = rng.uniform(40, 220, size=(6, 10, 3)).astype(np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR), dtype=np.float64)
+    image += rng.normal(0, 12, size=image.shape)
+    return Image.fromarray(image.clip(0, 255).astype(np.uint8))
+
+
+def generate_dataset(root: Path, count: int, width: int, height: int, seed: int = 0) -> None:
+    """``count`` images of width x height under root/images/ with 2 to 12 boxes each (drawn as filled
+    rectangles), and their COCO annotations in root/annotations/train.json."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, annotations = [], []
+    for index in range(count):
+        image = _textured_image(rng, width, height)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(2, 13))):
+            w = float(rng.uniform(0.05, 0.5) * width)
+            h = float(rng.uniform(0.05, 0.5) * height)
+            x, y = float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h))
+            draw.rectangle([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 256, size=3)))
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1,
+                                "category_id": int(rng.integers(len(CATEGORIES))) + 1,
+                                "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                                "area": round(w * h, 2), "iscrowd": 0})
+        file_name = f"{index:05d}.jpg"
+        image.save(root / "images" / file_name, quality=90)
+        images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
+    categories = [{"id": i + 1, "name": name, "supercategory": "thing"} for i, name in enumerate(CATEGORIES)]
+    (root / "annotations" / "train.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+def benchmark_config_text(base_config: Path, data_root: Path, width: int, height: int, batch: int,
+                          workers: int, max_iters: int, mode: str) -> str:
+    """The config both commands train: the base config with only what a timing must change."""
+    lines = [
+        "# Written by benchmarks/train_speed.py: the config below, changed only where a timing needs it.",
+        f"_base_ = {str(base_config)!r}",
+        "",
+        "# Random initialisation: no ImageNet download (the speed is the same).",
+        "model = dict(backbone=dict(init_cfg=None))",
+        "# The base pipeline, resizing to the generated images' own size.",
+        "train_pipeline = [",
+        "    dict(type='LoadImageFromFile', backend_args=None),",
+        "    dict(type='LoadAnnotations', with_bbox=True),",
+        f"    dict(type='Resize', scale=({width}, {height}), keep_ratio=True),",
+        "    dict(type='RandomFlip', prob=0.5),",
+        "    dict(type='PackDetInputs'),",
+        "]",
+        "train_dataloader = dict(",
+        f"    batch_size={batch}, num_workers={workers}, persistent_workers={workers > 0},",
+        f"    dataset=dict(data_root={str(data_root) + '/'!r}, ann_file='annotations/train.json',",
+        "                 data_prefix=dict(img='images/'), pipeline=train_pipeline))",
+        "# Warm-up + timed iterations, no validation, no checkpoints, a log line (and a scalars.json",
+        "# entry) per iteration, each the iteration's own time (window 1), not a running mean.",
+        f"train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={max_iters})",
+        "val_dataloader = None",
+        "val_cfg = None",
+        "val_evaluator = None",
+        "test_dataloader = None",
+        "test_cfg = None",
+        "test_evaluator = None",
+        "default_hooks = dict(logger=dict(interval=1), checkpoint=None)",
+        "log_processor = dict(window_size=1, by_epoch=False)",
+        "randomness = dict(seed=0)",
+    ]
+    if mode == "bf16":
+        lines += ["# bf16: MMEngine's AmpOptimWrapper autocasting to bfloat16.",
+                  "optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16')"]
+    return "\n".join(lines) + "\n"
+
+
+# ---- the two commands ------------------------------------------------------------------------
+
+def mmdet_train_script() -> Path | None:
+    """MMDetection's tools/train.py as pip ships it (inside the package, for mim), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mmdet")
+    if spec is None or spec.origin is None:
+        return None
+    script = Path(spec.origin).parent / ".mim" / "tools" / "train.py"
+    return script if script.is_file() else None
+
+
+def tool_command(tool: str, config: Path, work_dir: Path, mode: str, mmdet_script: Path | None) -> list[str]:
+    flags = ["--work-dir", str(work_dir), *(["--amp"] if mode == "amp" else [])]
+    if tool == "pisa-train":
+        return [sys.executable, "-m", "pisa_train.cli.train", str(config), *flags]
+    return [sys.executable, str(mmdet_script), str(config), *flags]
+
+
+def run_and_measure(command: list[str], log_path: Path) -> tuple[int, float, float, str]:
+    """Run ``command`` with its output in ``log_path``; its exit code, peak RSS in MiB (wait4:
+    the larger of the process and the children it waited for, its dataloader workers), wall
+    seconds and last output line."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    wall = time.perf_counter() - start
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    return process.returncode, usage.ru_maxrss / 1024, wall, lines[-1].strip() if lines else ""
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+def read_iterations(work_dir: Path) -> list[dict]:
+    """The training iterations MMEngine logged in the newest WORK_DIR/<timestamp>/vis_data/scalars.json."""
+    logs = sorted(work_dir.glob("*/vis_data/scalars.json"))
+    if not logs:
+        raise ValueError(f"no */vis_data/scalars.json under {work_dir}: the run logged no iteration")
+    entries = [json.loads(line) for line in logs[-1].read_text().splitlines() if line.strip()]
+    return [entry for entry in entries if "time" in entry and "data_time" in entry]
+
+
+def summarize(iterations: list[dict], warmup: int, batch: int, peak_rss_mib: float) -> dict:
+    """s/iter, data s/iter, images/s and peak memory over the iterations after the warm-up."""
+    timed = [entry for entry in iterations if entry["step"] > warmup]
+    if not timed:
+        raise ValueError(f"no iteration after the {warmup} warm-up iterations was logged "
+                         f"({len(iterations)} logged)")
+    seconds = sum(entry["time"] for entry in timed) / len(timed)
+    figures = dict(iterations=len(timed), s_per_iter=round(seconds, 4),
+                   data_s_per_iter=round(sum(entry["data_time"] for entry in timed) / len(timed), 4),
+                   images_per_s=round(batch / seconds, 3),
+                   # Same seed, config and kernels: both commands should compute the same losses.
+                   losses=[round(entry["loss"], 4) for entry in timed if "loss" in entry])
+    gpu_memory = [entry["memory"] for entry in timed if "memory" in entry]
+    if gpu_memory:
+        figures.update(peak_memory_mib=float(max(gpu_memory)), peak_memory_kind="torch.cuda.max_memory_allocated")
+    else:
+        figures.update(peak_memory_mib=round(peak_rss_mib, 1), peak_memory_kind="peak RSS")
+    figures["peak_rss_mib"] = round(peak_rss_mib, 1)
+    return figures
+
+
+def ratio(runs: dict) -> float | None:
+    """pisa-train's s/iter over mmdet's (above 1: pisa-train is slower)."""
+    ours, theirs = (runs.get(tool, {}).get("s_per_iter") for tool in TOOLS)
+    return round(ours / theirs, 3) if ours and theirs else None
+
+
+def check_modes(modes: list[str], has_gpu: bool) -> list[str]:
+    """The modes to run, in order, without repeats; ValueError for a mode that needs a GPU on a machine without."""
+    chosen = list(dict.fromkeys(mode for name in modes for mode in (MODES if name == "all" else [name])))
+    needs_gpu = [mode for mode in chosen if mode != "fp32"]
+    if needs_gpu and not has_gpu:
+        raise ValueError(f"--mode {' and '.join(needs_gpu)} needs a CUDA GPU (mmengine 0.10.7's AmpOptimWrapper "
+                         f"asserts one) and this machine has none; run --mode fp32")
+    return chosen
+
+
+def machine_name(gpu_name: str | None) -> str:
     cpu = "unknown CPU"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name(0)} ({cpu})"
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores available"
+        cpu = platform.processor() or cpu
+    cores = f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+    return f"{gpu_name} ({cores})" if gpu_name else f"{cores}, no GPU"
 
 
-def make_batch(generator, batch: int, width: int, height: int, num_classes: int):
-    import torch
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
+def markdown_table(record: dict) -> list[str]:
+    lines = ["| machine | command | mode | image | batch | s/iter | data s/iter | images/s | peak memory (MiB) "
+             "| s/iter vs mmdet |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    size = "x".join(map(str, record["image_size"]))
+    for run in record["runs"]:
+        for tool in TOOLS:
+            result = run[tool]
+            start = f"| {record['machine']} | {tool} | {run['mode']} | {size} | {record['batch']} |"
+            if "s_per_iter" not in result:
+                lines.append(f"{start} failed: {result['error']} | | | | |")
+                continue
+            versus = ("1 (reference)" if tool == "mmdet"
+                      else f"{run['ratio_s_per_iter']:.3f}" if run["ratio_s_per_iter"] else "n/a (mmdet failed)")
+            lines.append(f"{start} {result['s_per_iter']:.3f} | {result['data_s_per_iter']:.3f} | "
+                         f"{result['images_per_s']:.3f} | {result['peak_memory_mib']:.0f} "
+                         f"({result['peak_memory_kind']}) | {versus} |")
+    return lines
 
-    inputs, samples = [], []
-    for _ in range(batch):
-        inputs.append(torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator))
-        count = int(torch.randint(5, 16, (1,), generator=generator))
-        xy = torch.rand(count, 2, generator=generator) * torch.tensor([width * 0.8, height * 0.8])
-        wh = (torch.rand(count, 2, generator=generator) * 0.3 + 0.02) * torch.tensor([width, height])
-        sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
-                                             scale_factor=(1.0, 1.0), flip=False, img_id=0))
-        sample.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
-                                           labels=torch.randint(0, num_classes, (count,), generator=generator))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
+
+# ---- the benchmark ---------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="iterations run first and not timed (default 3)")
+    parser.add_argument("--batch", type=int, default=2, help="images per iteration (default 2, the config's)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"),
+                        help=f"image size (default {GPU_SIZE[0]}x{GPU_SIZE[1]} on a GPU, "
+                             f"{CPU_SIZE[0]}x{CPU_SIZE[1]} without one)")
+    parser.add_argument("--mode", action="append", choices=[*MODES, "all"],
+                        help="fp32 (default), amp (fp16), bf16 or all; repeatable")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2, the config's)")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "work_dirs" / "train_speed",
+                        help="where each invocation's data, configs and work dirs go (in a folder of its own)")
+    parser.add_argument("--json", metavar="FILE", help="also write the record to FILE")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
-    parser.add_argument("--mode", choices=["fp32", "amp", "bf16"], default="fp32")
-    parser.add_argument("--ops-backend", choices=["auto", "mmcv", "torchvision"], default="auto")
-    parser.add_argument("--device", choices=["cpu", "cuda"])
-    parser.add_argument("--json", metavar="FILE", help="also write the record to FILE")
+    parser = build_parser()
     args = parser.parse_args(argv)
-
-    from pisa_train.device import choose_device
-
-    device = choose_device(args.device)
+    if args.iters < 1 or args.warmup < 0 or args.batch < 1 or args.workers < 0:
+        parser.error("--iters and --batch must be at least 1, --warmup and --workers at least 0")
     import torch
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
 
-    from pisa_train import config_rewrites as rewrite
-    from pisa_train.config_loading import load_config
-    from pisa_train.ops_backend import choose_ops_backend, install_ops_backend, mmcv_kernel_devices
+    gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        modes = check_modes(args.mode or ["fp32"], gpu_name is not None)
+    except ValueError as refused:
+        parser.error(str(refused))
+    width, height = args.size or (GPU_SIZE if gpu_name else CPU_SIZE)
+    max_iters = args.warmup + args.iters
+    folder = args.out_dir / time.strftime("%Y%m%d_%H%M%S")
+    while folder.exists():
+        folder = folder.with_name(folder.name + "_")
+    generate_dataset(folder / "data", args.batch * max_iters, width, height)
+    mmdet_script = mmdet_train_script()
 
-    if args.mode == "amp" and device != "cuda":
-        parser.error("--mode amp (fp16 with a loss scale) needs CUDA, as pisa-train --amp does; try --mode bf16")
-    width, height = args.size or ((1333, 800) if device == "cuda" else (448, 256))
-    register_all_modules()
-    cfg = load_config(str(CONFIG), {}, {})
-    cfg = rewrite.apply_ops_backend(cfg, choose_ops_backend(args.ops_backend, device, mmcv_kernel_devices()))
-    install_ops_backend(cfg)
-    cfg.model.backbone.init_cfg = None
-    model = MODELS.build(cfg.model).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler(device, enabled=args.mode == "amp")
-    autocast_dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(args.mode)
-    generator = torch.Generator().manual_seed(0)
-    num_classes = cfg.model.roi_head.bbox_head.num_classes
+    import mmcv
+    import mmdet
+    import mmengine
 
-    def synchronize():
-        if device == "cuda":
-            torch.cuda.synchronize()
+    record = dict(machine=machine_name(gpu_name), device="cuda" if gpu_name else "cpu",
+                  config=str(CONFIG.relative_to(REPO)), image_size=[width, height], batch=args.batch,
+                  warmup_iterations=args.warmup, timed_iterations=args.iters, dataloader_workers=args.workers,
+                  python=platform.python_version(), torch=torch.__version__, mmcv=mmcv.__version__,
+                  mmdet=mmdet.__version__, mmengine=mmengine.__version__,
+                  mmdet_train_script=str(mmdet_script) if mmdet_script else None, runs=[])
+    failed = False
+    for mode in modes:
+        config = folder / f"pisa_x101_benchmark_{mode}.py"
+        config.write_text(benchmark_config_text(CONFIG, folder / "data", width, height, args.batch, args.workers,
+                                                max_iters, mode))
+        run = dict(mode=mode)
+        for tool in TOOLS:
+            work_dir = folder / f"{mode}_{tool}"
+            if tool == "mmdet" and mmdet_script is None:
+                run[tool] = dict(error="mmdet's tools/train.py is not installed (site-packages/mmdet/.mim/tools/)")
+                failed = True
+                continue
+            command = tool_command(tool, config, work_dir, mode, mmdet_script)
+            work_dir.mkdir(parents=True)
+            print(f"[train_speed] {mode}, {tool}: {' '.join(command)}", file=sys.stderr, flush=True)
+            code, peak_rss, wall, last_line = run_and_measure(command, work_dir / f"{tool}.log")
+            result = dict(command=command, exit_code=code, wall_s=round(wall, 1), log=str(work_dir / f"{tool}.log"))
+            try:
+                if code != 0:
+                    raise ValueError(f"exit code {code}: {last_line}")
+                result.update(summarize(read_iterations(work_dir), args.warmup, args.batch, peak_rss))
+            except ValueError as problem:
+                result["error"] = str(problem)
+                failed = True
+                print(f"[train_speed] {mode}, {tool} failed: {problem} (full output: {result['log']})",
+                      file=sys.stderr, flush=True)
+            run[tool] = result
+        run["ratio_s_per_iter"] = ratio(run)
+        record["runs"].append(run)
 
-    iter_times, data_times = [], []
-    for step in range(args.warmup + args.iters):
-        if step == args.warmup and device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        synchronize()
-        start = time.perf_counter()
-        batch = model.data_preprocessor(make_batch(generator, args.batch, width, height, num_classes), True)
-        synchronize()
-        data_done = time.perf_counter()
-        with torch.autocast(device, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            losses = model(**batch, mode="loss")
-        loss, _ = model.parse_losses(losses)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        synchronize()
-        if step >= args.warmup:
-            iter_times.append(time.perf_counter() - start)
-            data_times.append(data_done - start)
-        if not torch.isfinite(loss):
-            print(f"warning: non-finite loss at step {step} ({args.mode})", file=sys.stderr)
-
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    seconds = sum(iter_times) / len(iter_times)
-    record = dict(machine=machine_name(device), device=device, mode=args.mode, ops_backend=cfg.ops_backend,
-                  image_size=[width, height], batch=args.batch, iterations=args.iters,
-                  s_per_iter=round(seconds, 4), data_s_per_iter=round(sum(data_times) / len(data_times), 4),
-                  images_per_s=round(args.batch / seconds, 3),
-                  peak_memory_mib=round(peak, 1),
-                  peak_memory_kind="torch.cuda.max_memory_allocated" if device == "cuda" else "process peak RSS",
-                  torch=torch.__version__, python=platform.python_version())
-    print(json.dumps(record, indent=2))
-    print("| machine | mode | ops | image | batch | s/iter | data s/iter | images/s | peak memory (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {record['machine']} | {args.mode} | {record['ops_backend']} | {width}x{height} | {args.batch} | "
-          f"{record['s_per_iter']:.3f} | {record['data_s_per_iter']:.3f} | {record['images_per_s']:.2f} | "
-          f"{record['peak_memory_mib']:.0f} ({record['peak_memory_kind']}) |")
+    text = json.dumps(record, indent=2)
+    print(text)
+    print("\n".join(markdown_table(record)))
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-    return 0
+        Path(args.json).write_text(text + "\n")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

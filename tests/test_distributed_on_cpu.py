@@ -1,5 +1,6 @@
-"""--nproc and distributed training on CPUs (gloo): the launcher's arguments, the mmengine 0.10.7
-behaviours distributed_on_cpu works around, and (slow) a real 2-process run that resumes."""
+"""--nproc, --launcher slurm and distributed training on CPUs (gloo): the launchers' arguments and
+variables, the mmengine 0.10.7 behaviours distributed_on_cpu works around, and (slow) a real
+2-process run that resumes and a real 2-process run started as srun would."""
 from __future__ import annotations
 
 import inspect
@@ -89,7 +90,92 @@ def test_describe_run_states_world_size_total_batch_and_scaled_lr(monkeypatch):
     assert "learning rate: 0.02;" in "\n".join(describe_run(cfg, "cpu"))
 
 
+def test_describe_run_reads_the_world_size_of_an_srun_started_process(monkeypatch):
+    """srun sets SLURM_NTASKS and SLURM_PROCID; RANK and WORLD_SIZE come only when the process group starts."""
+    from mmengine.config import Config
+
+    from pisa_train.engine import describe_run, launched_rank, launched_world_size
+
+    cfg = Config(dict(launcher="slurm", work_dir="w", model=dict(roi_head=dict(bbox_head=dict(num_classes=3))),
+                      train_dataloader=dict(batch_size=2, dataset=dict(type="CocoDataset")),
+                      optim_wrapper=dict(type="OptimWrapper", optimizer=dict(lr=0.02)),
+                      train_cfg=dict(type="IterBasedTrainLoop", max_iters=2)))
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    assert (launched_rank(cfg), launched_world_size(cfg)) == (2, 3)
+    assert "world size: 3; batch size per process: 2; total batch size: 6;" in "\n".join(describe_run(cfg, "cpu"))
+    cfg.launcher = "none"
+    assert (launched_rank(cfg), launched_world_size(cfg)) == (0, 1)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    cfg.launcher = "mpi"
+    assert launched_world_size(cfg) == 4
+
+
+SRUN_VARIABLES = dict(SLURM_PROCID="1", SLURM_NTASKS="4", SLURM_LOCALID="1", SLURM_NODELIST="node[07-08]")
+
+
+def test_slurm_process_environment_is_what_mmengine_sets():
+    from pisa_train.distributed_on_cpu import slurm_process_environment
+
+    first_host = {"node[07-08]": "node07"}.__getitem__
+    assert slurm_process_environment(SRUN_VARIABLES, first_host=first_host) == dict(
+        RANK="1", WORLD_SIZE="4", LOCAL_RANK="1", MASTER_ADDR="node07", MASTER_PORT="29500")
+    own = dict(SRUN_VARIABLES, MASTER_ADDR="10.0.0.5", MASTER_PORT="29511")
+    assert slurm_process_environment(own, first_host=first_host) == dict(
+        RANK="1", WORLD_SIZE="4", LOCAL_RANK="1", MASTER_ADDR="10.0.0.5", MASTER_PORT="29511")
+    # env_cfg.dist_cfg.port, as mmengine's init_dist(port=...), wins over MASTER_PORT.
+    assert slurm_process_environment(own, port=29600, first_host=first_host)["MASTER_PORT"] == "29600"
+
+
+def test_slurm_process_environment_without_srun_says_what_is_missing(tmp_path, monkeypatch):
+    from pisa_train.distributed_on_cpu import first_host_of, slurm_process_environment
+    from pisa_train.errors import EnvironmentProblem
+
+    with pytest.raises(EnvironmentProblem, match=r"SLURM_PROCID, SLURM_NODELIST not set; start the processes "
+                                                 r"with srun \(tools/slurm_train.sh\), or use --nproc N"):
+        slurm_process_environment(dict(SLURM_NTASKS="2"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol
+    with pytest.raises(EnvironmentProblem, match=r"MASTER_ADDR is not set and `scontrol show hostname node1` "
+                                                 r"failed .*set MASTER_ADDR to the first node"):
+        slurm_process_environment(dict(SRUN_VARIABLES, SLURM_NODELIST="node1"))
+    (tmp_path / "scontrol").write_text('#!/bin/sh\n'
+                                       '[ "$1 $2 $3" = "show hostname gpu[1-2]" ] && printf "gpu1\\ngpu2\\n"\n')
+    (tmp_path / "scontrol").chmod(0o755)
+    assert first_host_of("gpu[1-2]") == "gpu1"
+
+
+def test_mpi_process_environment_is_what_mmengine_sets_and_says_what_is_missing():
+    from pisa_train.distributed_on_cpu import mpi_process_environment
+    from pisa_train.errors import EnvironmentProblem
+
+    mpirun = dict(OMPI_COMM_WORLD_RANK="3", OMPI_COMM_WORLD_SIZE="4", OMPI_COMM_WORLD_LOCAL_RANK="1",
+                  MASTER_ADDR="node01")
+    assert mpi_process_environment(mpirun) == dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1",
+                                                   MASTER_ADDR="node01", MASTER_PORT="29500")
+    assert mpi_process_environment(dict(mpirun, MASTER_PORT="29510"))["MASTER_PORT"] == "29510"
+    with pytest.raises(EnvironmentProblem, match=r"OMPI_COMM_WORLD_SIZE not set; start the processes with Open "
+                                                 r"MPI's mpirun"):
+        mpi_process_environment(dict(OMPI_COMM_WORLD_RANK="0", MASTER_ADDR="x"))
+    with pytest.raises(EnvironmentProblem, match=r"MASTER_ADDR is not set; export the first node's address .* "
+                                                 r"mpirun -x MASTER_ADDR="):
+        mpi_process_environment({k: v for k, v in mpirun.items() if k != "MASTER_ADDR"})
+
+
 # ---- the upstream behaviours worked around ---------------------------------------------------
+
+def test_mmengine_still_needs_a_gpu_to_init_an_mpi_launched_run():
+    """mmengine 0.10.7's _init_dist_mpi calls torch.cuda.set_device and reads the OMPI_COMM_WORLD_*
+    variables that mpi_process_environment reads; if that changes, revisit distributed_on_cpu."""
+    from mmengine.dist import utils as dist_utils
+
+    source = inspect.getsource(dist_utils._init_dist_mpi)
+    assert "torch.cuda.set_device(local_rank)" in source
+    for variable in ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "MASTER_ADDR"):
+        assert variable in source, variable
+    assert "os.environ['MASTER_PORT'] = '29500'" in source
+
 
 def test_mmengine_still_needs_a_gpu_to_init_a_pytorch_launched_run():
     """mmengine 0.10.7 calls torch.cuda.set_device before init_process_group whatever the
@@ -102,6 +188,74 @@ def test_mmengine_still_needs_a_gpu_to_init_a_pytorch_launched_run():
     assert re.search(r"else:\s*\n\s*torch\.cuda\.set_device\(local_rank\)", init_source)
     assert "if self.distributed and not is_distributed():" in inspect.getsource(Runner.setup_env)
     assert "device_ids=[int(os.environ['LOCAL_RANK'])]" in inspect.getsource(Runner.wrap_model)
+
+
+def test_mmengine_still_needs_a_gpu_to_init_an_srun_launched_run(monkeypatch):
+    """mmengine 0.10.7's _init_dist_slurm sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+    MASTER_PORT from srun's variables, then calls torch.cuda.set_device whatever the backend:
+    distributed_on_cpu.slurm_process_environment must set the same, and without a GPU
+    init_process_group_on_cpu must start the group instead. If either changes, revisit them."""
+    import torch.distributed as torch_dist
+    from mmengine.dist import utils as dist_utils
+
+    from pisa_train.distributed_on_cpu import slurm_process_environment
+
+    source = inspect.getsource(dist_utils._init_dist_slurm)
+    assert re.search(r"else:\s*\n\s*torch\.cuda\.set_device\(local_rank\)", source)
+    assert "scontrol show hostname {node_list} | head -n1" in source
+    # What mmengine sets, with the device and the process group left out (the scontrol call answered).
+    for name, value in dict(SRUN_VARIABLES, RANK="x", WORLD_SIZE="x", LOCAL_RANK="x", MASTER_ADDR="x",
+                            MASTER_PORT="x").items():
+        monkeypatch.setenv(name, value)  # restored afterwards, also those mmengine overwrites
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.delenv("MASTER_PORT")
+    monkeypatch.setattr(dist_utils.subprocess, "getoutput", lambda command: "node07")
+    monkeypatch.setattr(dist_utils.torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist_utils.torch_dist, "init_process_group", lambda *args, **kwargs: None)
+    expected = slurm_process_environment(SRUN_VARIABLES, first_host=lambda node_list: "node07")
+    dist_utils._init_dist_slurm("gloo")
+    assert {name: os.environ.get(name) for name in expected} == expected
+    monkeypatch.undo()
+    if not torch.cuda.is_available():  # the call itself fails without a GPU
+        for name, value in dict(SRUN_VARIABLES, MASTER_ADDR="127.0.0.1", MASTER_PORT="29999").items():
+            monkeypatch.setenv(name, value)
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            monkeypatch.setenv(name, "x")
+        with pytest.raises((RuntimeError, AssertionError), match="NVIDIA driver|CUDA"):
+            dist_utils._init_dist_slurm("gloo")
+        monkeypatch.delenv("SLURM_LOCALID")  # then mmengine takes SLURM_PROCID % torch.cuda.device_count()
+        with pytest.raises(ZeroDivisionError):
+            dist_utils._init_dist_slurm("gloo")
+        assert not torch_dist.is_initialized()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, mmengine starts the process group itself")
+def test_init_process_group_on_cpu_starts_an_srun_launched_process(monkeypatch):
+    import socket
+
+    import torch.distributed as torch_dist
+    from mmengine.config import Config
+
+    from pisa_train.distributed_on_cpu import init_process_group_on_cpu
+    from pisa_train.errors import EnvironmentProblem
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in dict(SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_LOCALID="0", SLURM_NODELIST="localhost",
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="x", WORLD_SIZE="x",
+                            LOCAL_RANK="x").items():
+        monkeypatch.setenv(name, value)
+    cfg = Config(dict(launcher="slurm", env_cfg=dict(dist_cfg=dict(backend="gloo"))))
+    assert init_process_group_on_cpu(cfg)
+    try:
+        assert (torch_dist.get_backend(), torch_dist.get_rank(), torch_dist.get_world_size()) == ("gloo", 0, 1)
+        assert [os.environ[name] for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")] == ["0", "1", "0"]
+        assert not init_process_group_on_cpu(cfg)  # already started
+    finally:
+        torch_dist.destroy_process_group()
+    with pytest.raises(EnvironmentProblem, match="--launcher mpi: OMPI_COMM_WORLD_RANK"):  # not started by mpirun
+        init_process_group_on_cpu(Config(dict(launcher="mpi")))
 
 
 def test_cpu_model_wrapper_accepts_what_torch_refuses_on_the_cpu(tmp_path):
@@ -154,6 +308,58 @@ def test_two_processes_on_cpu_train_checkpoint_once_and_resume(tmp_path):
     assert (work_dir / "last_checkpoint").read_text().strip().endswith("iter_3.pth")
 
 
+# What srun and Open MPI's mpirun give each process they start (rank, world size of 2).
+LAUNCHER_ENVIRONMENTS = {
+    "slurm": lambda rank: dict(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
+                               SLURM_NODELIST="localhost"),
+    "mpi": lambda rank: dict(OMPI_COMM_WORLD_RANK=str(rank), OMPI_COMM_WORLD_SIZE="2",
+                             OMPI_COMM_WORLD_LOCAL_RANK=str(rank)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["slurm", "mpi"])
+def test_two_processes_started_by_srun_or_mpirun_on_cpu_train_and_checkpoint_once(tmp_path, launcher):
+    """--launcher slurm and --launcher mpi on the CPU: two processes started as srun (or mpirun)
+    starts them, each with its launcher's variables (neither srun nor mpirun is installed here,
+    and there is no scontrol: MASTER_ADDR is given, as a batch script may, and as mpirun needs)."""
+    import socket
+    import subprocess
+    import sys
+
+    from tiny_training import tiny_demo
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    work_dir = tmp_path / "work"
+    base_env = {name: value for name, value in os.environ.items()
+                if name not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "pisa_train.cli.train", *tiny_demo(work_dir, 2, "--launcher", launcher)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(base_env, PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                 **LAUNCHER_ENVIRONMENTS[launcher](rank)))
+        for rank in (0, 1)]
+    try:
+        logs = [process.communicate(timeout=300)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for rank, process in enumerate(processes):
+        assert process.returncode == 0, (rank, logs[rank][-5000:])
+    assert "world size: 2; batch size per process: 2; total batch size: 4;" in logs[0]
+    assert "world size:" not in logs[1]  # the run is described once, by rank 0
+    assert f"launcher: {launcher}" in logs[0]
+    assert "Iter(train) [2/2]" in logs[0]
+    for rank in (0, 1):  # each process trained as its rank of 2
+        assert re.search(rf"rank {rank}/2 iter 2: loss: \d+\.\d+", "".join(logs)), rank
+    # One set of checkpoints (rank 0 writes them), no temporary files left behind.
+    assert sorted(p.name for p in work_dir.iterdir() if p.is_file() and not p.name.endswith(".py")
+                  and not p.name.endswith(".png")) == ["iter_1.pth", "iter_2.pth", "last_checkpoint"]
+    assert not [p for p in work_dir.rglob(".*") if p.is_file()]
+
+
 def test_dist_train_and_slurm_train_scripts_start_pisa_train(tmp_path):
     """The scripts' command lines, with `echo` standing in for python and srun."""
     import subprocess
@@ -180,6 +386,12 @@ def test_dist_train_and_slurm_train_scripts_start_pisa_train(tmp_path):
     assert out[:2] == ["srun", "-p"] and "--ntasks=16" in out and "--gres=gpu:8" in out
     assert out[-9:] == ["python3", "-u", "-m", "pisa_train.cli.train", "c.py", "--work-dir=w", "--launcher",
                         "slurm", "--amp"]
+    # CPU nodes: no GPU asked for, TASKS_PER_NODE processes per node.
+    env.update(GPUS="4", GPUS_PER_NODE="0", TASKS_PER_NODE="2")
+    out = subprocess.run(["bash", str(REPO_ROOT / "tools" / "slurm_train.sh"), "cpu", "pisa", "c.py", "w"],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert not [arg for arg in out if arg.startswith("--gres")]
+    assert "--ntasks=4" in out and "--ntasks-per-node=2" in out and out[-3:] == ["--work-dir=w", "--launcher", "slurm"]
 
 
 def test_synthetic_data_generated_by_two_processes_at_once(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ What it does, in order (each step is skipped when already done):
    ``[tool.pisa-train.setup]``, or ``TORCH_VERSION`` / ``TORCHVISION_VERSION``);
 3. installs mmcv with its compiled ops from a cached wheel, building the wheel
    from mmcv's sdist first when no wheel matches this mmcv, torch, CPU/CUDA and
-   Python (the build takes 15 to 25 minutes on 2 cores; the wheel is cached
+   Python (the build takes 5 to 25 minutes on 2 cores; the wheel is cached
    outside the repository, so the next set-up on this machine takes minutes);
 4. installs mmdet, mmengine, pycocotools, openmim and pisa-train itself, with
    the versions pinned in pyproject.toml, without downgrading anything;
@@ -240,7 +240,7 @@ def build_mmcv_wheel(plan: dict, pins: dict) -> Path:
             env["CUDA_VISIBLE_DEVICES"] = ""  # mmcv builds CUDA ops whenever a GPU is visible
             what = f"CPU ops only ({plan['cpu_only_reason']})"
         say(f"building mmcv {plan['mmcv_version']} with {what}, {env['MAX_JOBS']} parallel jobs; "
-            f"15 to 25 minutes on 2 cores; full log: {log_path}")
+            f"5 to 25 minutes on 2 cores; full log: {log_path}")
         out_dir = work_dir / "wheel"
         started = time.monotonic()
         progress = re.compile(r"^\s*\[(\d+)/(\d+)\]")
