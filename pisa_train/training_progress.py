@@ -17,6 +17,7 @@ it (``--no-progress`` leaves it out).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import time
@@ -140,8 +141,6 @@ def _same_terminal(one: TextIO, other: TextIO) -> bool:
     """Whether two streams write to the same place (one object, or one terminal device)."""
     if one is other:
         return True
-    import os
-
     try:
         return os.path.samestat(os.fstat(one.fileno()), os.fstat(other.fileno())) and one.isatty()
     except (AttributeError, OSError, ValueError):
@@ -149,8 +148,6 @@ def _same_terminal(one: TextIO, other: TextIO) -> bool:
 
 
 def is_terminal(stream: TextIO) -> bool:
-    import os
-
     if os.environ.get("TERM") == "dumb":
         return False
     try:
