@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from generated_coco import generate_ground_truth_and_detections
-    from pisa_train.coco_evaluation import evaluate_bbox
+    from pisa_train.results.coco_metrics import evaluate_bbox
 
     ground_truth, detections = generate_ground_truth_and_detections(args.images, args.classes, seed=0)
     print(f"machine: {platform.platform()}; CPU: {cpu_model()}; {os.cpu_count()} logical cores; "

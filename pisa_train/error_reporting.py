@@ -10,16 +10,16 @@ with ``--debug``, which shows the traceback.
 """
 from __future__ import annotations
 
+import json
+import os.path as osp
+import re
 import sys
 import traceback
 from typing import Callable
 
-import json
-import os.path as osp
-import re
-
 from pisa_train import exit_codes
 from pisa_train.errors import CheckpointError, DataError, EnvironmentProblem, PisaError
+from pisa_train.files import IMAGE_EXTENSIONS
 
 
 def run_reporting_errors(prog: str, work: Callable[[], int | None], debug: bool = False) -> int:
@@ -50,7 +50,6 @@ def run_reporting_errors(prog: str, work: Callable[[], int | None], debug: bool 
         return exit_codes.UNEXPECTED_ERROR
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # mmcv 2.1's LoadImageFromFile: `assert img is not None, f'failed to load image: {filename}'`
 UNDECODABLE_IMAGE = re.compile(r"failed to load image: (\S+)")
 # A FileNotFoundError re-raised from a DataLoader worker keeps only the text of the original.

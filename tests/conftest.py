@@ -33,7 +33,7 @@ def run_cli():
 @pytest.fixture(scope="session")
 def shapes_dataset(tmp_path_factory) -> Path:
     """A tiny synthetic COCO-format dataset (8 train, 4 val images of 96 px)."""
-    from pisa_train.synthetic_shapes import generate_shapes_dataset
+    from pisa_train.data.synthetic_shapes import generate_shapes_dataset
 
     root = tmp_path_factory.mktemp("shapes") / "dataset"
     generate_shapes_dataset(root, seed=3, num_train_images=8, num_val_images=4, image_size=96)

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from pisa_train.archives import extract_archive
+from pisa_train.fetch.archives import extract_archive
 from pisa_train.errors import DataError
 
 

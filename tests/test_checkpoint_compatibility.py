@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pisa_train.config_rewrites import check_checkpoint_fits_model
+from pisa_train.config.rewrites import check_checkpoint_fits_model
 from pisa_train.errors import CheckpointError
 from toy_runner import build_toy_runner, toy_cfg
 

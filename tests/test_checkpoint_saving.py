@@ -1,4 +1,4 @@
-"""Atomic checkpoints (pisa_train.checkpoint_saving) on a real MMEngine Runner with a toy model:
+"""Atomic checkpoints (engine/hooks/atomic_checkpoint.py) on a real MMEngine Runner with a toy model:
 what upstream does, what the wrapper does instead, and failing saves."""
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 import torch
 from mmengine.fileio import LocalBackend
 
-from pisa_train import checkpoint_saving
-from pisa_train.checkpoint_saving import (keep_plan, publish_atomically, remove_stale_temp_files, temp_path_for,
-                                          write_text_atomically)
+from pisa_train.engine.hooks import atomic_checkpoint as checkpoint_saving
+from pisa_train.engine.hooks.atomic_checkpoint import keep_plan
+from pisa_train.files import publish_atomically, remove_stale_temp_files, temp_path_for, write_text_atomically
 from pisa_train.errors import CheckpointSaveError
 from toy_runner import build_toy_runner, toy_cfg
 
 
 def load(path):
-    from pisa_train.safe_checkpoint_loading import load_checkpoint_file
+    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
 
     return load_checkpoint_file(str(path), map_location="cpu")
 
@@ -154,7 +154,7 @@ def test_saved_checkpoints_hold_a_complete_training_state(tmp_path):
 
 
 def test_outdated_checkpoints_are_those_older_than_every_kept_one():
-    from pisa_train.checkpoint_saving import outdated_checkpoints
+    from pisa_train.engine.hooks.atomic_checkpoint import outdated_checkpoints
 
     names = ["iter_3.pth", "iter_4.pth", "iter_5.pth", "iter_12.pth", "epoch_1.pth", "iter_2.pth.bak"]
     assert outdated_checkpoints(names, "iter_{}.pth", [4, 5]) == ["iter_3.pth"]

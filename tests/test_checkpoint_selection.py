@@ -1,4 +1,4 @@
-"""A bare --resume continues from the newest checkpoint that loads (pisa_train.checkpoint_selection)."""
+"""A bare --resume continues from the newest checkpoint that loads (engine/resume.py)."""
 from __future__ import annotations
 
 import os
@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from pisa_train import engine
-from pisa_train.checkpoint_selection import checkpoint_candidates, choose_resume_checkpoint, resolve_auto_resume
+from pisa_train.engine import runner as engine
+from pisa_train.engine.resume import checkpoint_candidates, choose_resume_checkpoint, resolve_auto_resume
 from pisa_train.errors import CheckpointError, UnsafeCheckpointError
-from pisa_train.safe_checkpoint_loading import load_checkpoint_file
+from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
 from toy_runner import toy_cfg
 
 

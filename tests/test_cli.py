@@ -11,11 +11,12 @@ from conftest import DEMO_CONFIG, REPO_ROOT, X101_PISA_CONFIG
 from pisa_train import exit_codes
 from pisa_train.cli import evaluate as eval_cli
 from pisa_train.cli import train as train_cli
+from pisa_train.config.build import build_test_config, build_train_config
 
 
 def train_config(*argv, device="cpu"):
     args = train_cli.build_parser().parse_args([str(a) for a in argv])
-    return train_cli.build_config(args, device)[0]
+    return build_train_config(args, device)[0]
 
 
 def test_work_dir_precedence_command_line_then_config_then_file_name(tmp_path):
@@ -71,7 +72,7 @@ def test_eval_config_loads_the_checkpoint_and_draws_into_show_dir(tmp_path):
     checkpoint.write_bytes(b"x")
     args = eval_cli.build_parser().parse_args([str(DEMO_CONFIG), str(checkpoint), "--show-dir", str(tmp_path / "vis"),
                                                "--work-dir", str(tmp_path / "w")])
-    cfg, _ = eval_cli.build_config(args, "cpu")
+    cfg, _ = build_test_config(args, "cpu")
     assert cfg.load_from == str(checkpoint) and not cfg.resume
     assert cfg.default_hooks.visualization.draw is True
     assert cfg.default_hooks.visualization.test_out_dir == str(tmp_path / "vis")
@@ -164,6 +165,6 @@ def test_data_points_the_x101_config_at_a_roboflow_export(roboflow_export):
     assert dataset.data_root == str(export) and dataset.ann_file == "train/_annotations.coco.json"
     assert cfg.val_dataloader is None  # a train split only: no validation
     args = train_cli.build_parser().parse_args([str(X101_PISA_CONFIG), "--data", str(export)])
-    notes = train_cli.build_config(args, "cpu")[1]
+    notes = build_train_config(args, "cpu")[1]
     assert any("shuttlecock" in line for line in notes)
     assert any("without validation" in line for line in notes)

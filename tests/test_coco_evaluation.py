@@ -1,4 +1,4 @@
-"""pisa_train.coco_evaluation: the two COCO evaluators agree, and per-class AP and
+"""results/coco_metrics.py: the two COCO evaluators agree, and per-class AP and
 precision-recall curves come out of COCOeval's precision array."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from generated_coco import generate_ground_truth_and_detections
-from pisa_train.coco_evaluation import evaluate_bbox, per_class_ap, plot_precision_recall_curves
+from pisa_train.results.coco_metrics import evaluate_bbox, per_class_ap, plot_precision_recall_curves
 
 
 def both_backends(ground_truth, detections, **kwargs):

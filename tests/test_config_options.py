@@ -7,13 +7,14 @@ from conftest import DEMO_CONFIG, X101_PISA_CONFIG
 from pisa_train import exit_codes
 from pisa_train.cli import evaluate as eval_cli
 from pisa_train.cli import train as train_cli
-from pisa_train.config_loading import config_key_paths, unknown_key_message
+from pisa_train.config.build import build_train_config
+from pisa_train.config.loading import config_key_paths, unknown_key_message
 from pisa_train.errors import ConfigError
 
 
 def train_config(*argv):
     args = train_cli.build_parser().parse_args([str(a) for a in argv])
-    return train_cli.build_config(args, "cpu")[0]
+    return build_train_config(args, "cpu")[0]
 
 
 def test_a_misspelt_key_is_refused_with_the_key_meant(capsys):

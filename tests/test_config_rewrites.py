@@ -7,7 +7,7 @@ import pytest
 from mmengine.config import Config
 
 from conftest import X101_PISA_CONFIG
-from pisa_train import config_rewrites as rewrite
+from pisa_train.config import rewrites as rewrite
 from pisa_train.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pisa_train.cli.data import main
-from pisa_train.dataset_check import check_dataset, render_report
+from pisa_train.data.check import check_dataset, render_report
 from pisa_train.exit_codes import DATA_ERROR
 from tiny_coco import coco_dict, copy_roboflow_fixture, make_roboflow
 

@@ -7,8 +7,9 @@ import textwrap
 import pytest
 from mmengine import Config
 
-from pisa_train import coco_annotations
-from pisa_train.dataset_layout import apply_dataset_folder, describe_dataset, find_layout, resolve_dataset
+from pisa_train.data import coco_annotations
+from pisa_train.config.dataset_folder import apply_dataset_folder
+from pisa_train.data.layout import describe_dataset, find_layout, resolve_dataset
 from pisa_train.errors import ConfigError, DataError
 from tiny_coco import ROBOFLOW_FIXTURE, coco_dict, make_coco2017, make_images_folder, make_roboflow
 

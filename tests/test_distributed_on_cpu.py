@@ -10,9 +10,9 @@ import re
 import pytest
 import torch
 
-from pisa_train import config_rewrites as rewrite
+from pisa_train.config import rewrites as rewrite
 from pisa_train.errors import UsageError
-from pisa_train.local_launch import torchrun_arguments, worker_arguments
+from pisa_train.engine.launch import torchrun_arguments, worker_arguments
 
 
 # ---- the launcher's arguments (pure) ---------------------------------------------------------
@@ -75,7 +75,7 @@ def test_distributed_runs_log_every_ranks_loss_at_the_logger_interval():
 def test_describe_run_states_world_size_total_batch_and_scaled_lr(monkeypatch):
     from mmengine.config import Config
 
-    from pisa_train.engine import describe_run
+    from pisa_train.engine.runner import describe_run
 
     cfg = Config(dict(launcher="pytorch", work_dir="w", model=dict(roi_head=dict(bbox_head=dict(num_classes=3))),
                       train_dataloader=dict(batch_size=2, dataset=dict(type="CocoDataset")),
@@ -94,7 +94,7 @@ def test_describe_run_reads_the_world_size_of_an_srun_started_process(monkeypatc
     """srun sets SLURM_NTASKS and SLURM_PROCID; RANK and WORLD_SIZE come only when the process group starts."""
     from mmengine.config import Config
 
-    from pisa_train.engine import describe_run, launched_rank, launched_world_size
+    from pisa_train.engine.runner import describe_run, launched_rank, launched_world_size
 
     cfg = Config(dict(launcher="slurm", work_dir="w", model=dict(roi_head=dict(bbox_head=dict(num_classes=3))),
                       train_dataloader=dict(batch_size=2, dataset=dict(type="CocoDataset")),
@@ -117,7 +117,7 @@ SRUN_VARIABLES = dict(SLURM_PROCID="1", SLURM_NTASKS="4", SLURM_LOCALID="1", SLU
 
 
 def test_slurm_process_environment_is_what_mmengine_sets():
-    from pisa_train.distributed_on_cpu import slurm_process_environment
+    from pisa_train.engine.patches.distributed_on_cpu import slurm_process_environment
 
     first_host = {"node[07-08]": "node07"}.__getitem__
     assert slurm_process_environment(SRUN_VARIABLES, first_host=first_host) == dict(
@@ -130,7 +130,7 @@ def test_slurm_process_environment_is_what_mmengine_sets():
 
 
 def test_slurm_process_environment_without_srun_says_what_is_missing(tmp_path, monkeypatch):
-    from pisa_train.distributed_on_cpu import first_host_of, slurm_process_environment
+    from pisa_train.engine.patches.distributed_on_cpu import first_host_of, slurm_process_environment
     from pisa_train.errors import EnvironmentProblem
 
     with pytest.raises(EnvironmentProblem, match=r"SLURM_PROCID, SLURM_NODELIST not set; start the processes "
@@ -147,7 +147,7 @@ def test_slurm_process_environment_without_srun_says_what_is_missing(tmp_path, m
 
 
 def test_mpi_process_environment_is_what_mmengine_sets_and_says_what_is_missing():
-    from pisa_train.distributed_on_cpu import mpi_process_environment
+    from pisa_train.engine.patches.distributed_on_cpu import mpi_process_environment
     from pisa_train.errors import EnvironmentProblem
 
     mpirun = dict(OMPI_COMM_WORLD_RANK="3", OMPI_COMM_WORLD_SIZE="4", OMPI_COMM_WORLD_LOCAL_RANK="1",
@@ -198,7 +198,7 @@ def test_mmengine_still_needs_a_gpu_to_init_an_srun_launched_run(monkeypatch):
     import torch.distributed as torch_dist
     from mmengine.dist import utils as dist_utils
 
-    from pisa_train.distributed_on_cpu import slurm_process_environment
+    from pisa_train.engine.patches.distributed_on_cpu import slurm_process_environment
 
     source = inspect.getsource(dist_utils._init_dist_slurm)
     assert re.search(r"else:\s*\n\s*torch\.cuda\.set_device\(local_rank\)", source)
@@ -236,7 +236,7 @@ def test_init_process_group_on_cpu_starts_an_srun_launched_process(monkeypatch):
     import torch.distributed as torch_dist
     from mmengine.config import Config
 
-    from pisa_train.distributed_on_cpu import init_process_group_on_cpu
+    from pisa_train.engine.patches.distributed_on_cpu import init_process_group_on_cpu
     from pisa_train.errors import EnvironmentProblem
 
     with socket.socket() as probe:
@@ -262,7 +262,7 @@ def test_cpu_model_wrapper_accepts_what_torch_refuses_on_the_cpu(tmp_path):
     import torch.distributed as torch_dist
     from mmengine.model import MMDistributedDataParallel
 
-    from pisa_train.distributed_on_cpu import CpuDistributedDataParallel
+    from pisa_train.engine.patches.distributed_on_cpu import CpuDistributedDataParallel
 
     torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
@@ -400,7 +400,7 @@ def test_synthetic_data_generated_by_two_processes_at_once(tmp_path, monkeypatch
     'Directory not empty' before)."""
     from mmengine.config import Config
 
-    from pisa_train import synthetic_shapes
+    from pisa_train.data import synthetic_shapes
 
     cfg = Config(dict(data_root=str(tmp_path / "data" / "shapes") + "/", synthetic_dataset=dict(
         generator="shapes", seed=0, num_train_images=2, num_val_images=1, image_size=48)))

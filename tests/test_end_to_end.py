@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def load_checkpoint(path: Path) -> dict:
-    from pisa_train.safe_checkpoint_loading import allow_mmengine_checkpoints
+    from pisa_train.engine.patches.checkpoint_loading import allow_mmengine_checkpoints
 
     allow_mmengine_checkpoints()
     return torch.load(path, map_location="cpu")  # weights_only=True, torch's default
@@ -61,7 +61,7 @@ def test_x101_pisa_trains_two_iterations_and_resume_continues_the_schedule(tmp_p
     assert [s["last_step"] for s in resumed["param_schedulers"]] == \
            [s["last_step"] for s in reference["param_schedulers"]]
     # Everything the checkpoint pickles is on the allowlist, and the allowlist is used.
-    from pisa_train.safe_checkpoint_loading import mmengine_checkpoint_globals
+    from pisa_train.engine.patches.checkpoint_loading import mmengine_checkpoint_globals
 
     allowed = {f"{g.__module__}.{g.__qualname__}" if not isinstance(g, tuple) else g[1]
                for g in mmengine_checkpoint_globals()}
@@ -183,7 +183,7 @@ def assert_png(path: Path, size: tuple[int, int]) -> None:
 
 
 def test_training_draws_its_curves_into_the_work_dir_and_pisa_plot_redraws_them(demo_run):
-    from pisa_train.training_curves import FIGURE_DPI, FIGURE_SIZE_INCHES, read_scalars
+    from pisa_train.results.training_curves import FIGURE_DPI, FIGURE_SIZE_INCHES, read_scalars
 
     work_dir = demo_run / DEMO_WORK_DIR
     size = (FIGURE_SIZE_INCHES[0] * FIGURE_DPI, FIGURE_SIZE_INCHES[1] * FIGURE_DPI)

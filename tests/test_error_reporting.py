@@ -1,5 +1,5 @@
 """Upstream errors become one line and an exit code (pisa_train.error_reporting), and a checkpoint
-for another model is recognised (pisa_train.checkpoint_compatibility)."""
+for another model is recognised (engine/hooks/checkpoint_compatibility.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pisa_train import exit_codes
-from pisa_train.checkpoint_compatibility import compare_state_dicts, mismatch_message
+from pisa_train.engine.hooks.checkpoint_compatibility import compare_state_dicts, mismatch_message
 from pisa_train.error_reporting import run_reporting_errors
 from pisa_train.errors import TrainingStopped
 

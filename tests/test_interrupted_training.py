@@ -47,7 +47,7 @@ def run(args: list[str], cwd: Path, faults: dict | None = None, timeout: float =
 
 
 def load(path: Path) -> dict:
-    from pisa_train.safe_checkpoint_loading import load_checkpoint_file
+    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
 
     return load_checkpoint_file(str(path), map_location="cpu")
 

@@ -8,10 +8,15 @@ import inspect
 import pytest
 import torch
 
-from pisa_train import config_rewrites as rewrite
+from pisa_train.config import rewrites as rewrite
 from pisa_train.errors import ConfigError, EnvironmentProblem, UsageError
-from pisa_train.ops_backend import (NmsKernelOnTorchvision, choose_ops_backend, torchvision_nms_in_use,
-                                    use_torchvision_nms)
+from pisa_train.engine.device import MmcvKernels, choose_ops_backend
+from pisa_train.engine.patches.torchvision_nms import (NmsKernelOnTorchvision, torchvision_nms_in_use,
+                                                       use_torchvision_nms)
+
+
+def kernels_for(devices) -> MmcvKernels:
+    return MmcvKernels(frozenset(devices), "mmcv ops as this test describes them")
 
 
 # ---- choosing the backend (pure) -------------------------------------------------------------
@@ -25,14 +30,14 @@ from pisa_train.ops_backend import (NmsKernelOnTorchvision, choose_ops_backend, 
     ("mmcv", "cuda", {"cpu", "cuda"}, "mmcv"),
 ])
 def test_choose_ops_backend(requested, device, kernels, expected):
-    assert choose_ops_backend(requested, device, frozenset(kernels)) == expected
+    assert choose_ops_backend(requested, device, kernels_for(kernels)) == expected
 
 
 def test_mmcv_backend_without_its_kernels_is_an_environment_problem():
     with pytest.raises(EnvironmentProblem, match="--ops-backend torchvision"):
-        choose_ops_backend("mmcv", "cuda", frozenset({"cpu"}))
+        choose_ops_backend("mmcv", "cuda", kernels_for({"cpu"}))
     with pytest.raises(UsageError):
-        choose_ops_backend("tensorrt", "cpu", frozenset({"cpu"}))
+        choose_ops_backend("tensorrt", "cpu", kernels_for({"cpu"}))
 
 
 # ---- the config rewrite (pure) ---------------------------------------------------------------
@@ -73,7 +78,7 @@ def test_torchvision_backend_refuses_max_pooling_roi_align():
 
 def test_the_real_configs_roi_layers_get_the_switch():
     from conftest import X101_PISA_CONFIG
-    from pisa_train.config_loading import load_config
+    from pisa_train.config.loading import load_config
 
     cfg = rewrite.apply_ops_backend(load_config(str(X101_PISA_CONFIG), {}, {}), "torchvision")
     assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
@@ -260,20 +265,22 @@ def test_training_with_torchvision_kernels_on_cpu(tmp_path):
 def test_pisa_train_and_pisa_eval_hand_the_backend_to_the_config(tmp_path):
     from conftest import DEMO_CONFIG
     from pisa_train.cli import evaluate, train
+    from pisa_train.config.build import build_test_config, build_train_config
 
     checkpoint = tmp_path / "w.pth"
     checkpoint.write_bytes(b"")
-    for module, argv in ((train, [str(DEMO_CONFIG)]), (evaluate, [str(DEMO_CONFIG), str(checkpoint)])):
+    for module, build, argv in ((train, build_train_config, [str(DEMO_CONFIG)]),
+                                (evaluate, build_test_config, [str(DEMO_CONFIG), str(checkpoint)])):
         args = module.build_parser().parse_args([*argv, "--ops-backend", "torchvision"])
-        cfg, _ = module.build_config(args, "cpu")
+        cfg, _ = build(args, "cpu")
         assert cfg.ops_backend == "torchvision", module.__name__
         assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
         # auto on the CPU, where mmcv has kernels in every build: the config's own choice stands
         # (the demo config asks for torchvision's RoIAlign; the X101 config for mmcv's).
-        default, _ = module.build_config(module.build_parser().parse_args(argv), "cpu")
+        default, _ = build(module.build_parser().parse_args(argv), "cpu")
         assert "ops_backend" not in default
         assert default.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
-        forced, _ = module.build_config(module.build_parser().parse_args([*argv, "--ops-backend", "mmcv"]), "cpu")
+        forced, _ = build(module.build_parser().parse_args([*argv, "--ops-backend", "mmcv"]), "cpu")
         assert forced.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is False
 
 
@@ -285,6 +292,4 @@ def test_pisa_train_and_pisa_eval_hand_the_backend_to_the_config(tmp_path):
     ("torchvision", "cpu", {"cpu"}, "torchvision"),
 ])
 def test_auto_leaves_the_configs_own_choice_where_mmcv_has_kernels(requested, device, kernels, expected):
-    from pisa_train.ops_backend import backend_to_apply
-
-    assert backend_to_apply(requested, device, frozenset(kernels)) == expected
+    assert rewrite.backend_to_apply(requested, device, kernels_for(kernels)) == expected

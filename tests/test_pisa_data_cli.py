@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from local_http_server import LocalHTTPServer
-from pisa_train import dataset_downloads
+from pisa_train.fetch import datasets as dataset_downloads
 from pisa_train.cli.data import main
-from pisa_train.dataset_downloads import RemoteArchive, archive_for_url
+from pisa_train.fetch.datasets import RemoteArchive, archive_for_url
 from pisa_train.errors import UsageError
 from pisa_train.exit_codes import DATA_ERROR, USAGE_ERROR
 from tiny_coco import ROBOFLOW_FIXTURE, coco_dict, copy_roboflow_fixture, write_image
@@ -79,7 +79,7 @@ def coco_mirror(tmp_path, monkeypatch):
 
 
 def test_download_coco2017_resumes_extracts_and_is_idempotent(tmp_path, coco_mirror, capsys, monkeypatch):
-    monkeypatch.setattr("pisa_train.downloads.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("pisa_train.fetch.http.time.sleep", lambda seconds: None)
     dest = tmp_path / "data" / "coco"
     assert main(["download", "coco2017", "--dest", str(dest)]) == 0
     out = capsys.readouterr().out
@@ -102,7 +102,7 @@ def test_download_coco2017_resumes_extracts_and_is_idempotent(tmp_path, coco_mir
 def test_download_coco2017_refuses_when_disk_is_too_small(tmp_path, coco_mirror, monkeypatch, capsys):
     from collections import namedtuple
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr("pisa_train.downloads.shutil.disk_usage", lambda path: Usage(100, 90, 10))
+    monkeypatch.setattr("pisa_train.fetch.http.shutil.disk_usage", lambda path: Usage(100, 90, 10))
     assert main(["download", "coco2017", "--dest", str(tmp_path / "coco")]) == DATA_ERROR
     assert "not enough free disk space" in capsys.readouterr().err
     assert coco_mirror.requests == []
@@ -159,7 +159,7 @@ def test_check_of_a_missing_folder(tmp_path, capsys):
 
 
 def test_weights_command_fetches_into_torch_home(tmp_path, monkeypatch, capsys):
-    from pisa_train import pretrained_weights
+    from pisa_train.fetch import weights as pretrained_weights
     payload = os.urandom(10_000)
     prefix = hashlib.sha256(payload).hexdigest()[:8]
     fake = pretrained_weights.KnownWeights("fake", "open-mmlab://fake",

@@ -37,7 +37,7 @@ def write_run(work_dir, timestamp, train_steps, val_steps, loss_offset=0.0):
 
 
 def test_a_resumed_run_reads_as_one_with_the_redone_iterations_from_the_later_run(tmp_path):
-    from pisa_train.training_curves import read_scalars
+    from pisa_train.results.training_curves import read_scalars
 
     write_run(tmp_path, "20260101_000000", range(5, 35, 5), [1, 2])
     write_run(tmp_path, "20260101_010000", range(25, 45, 5), [3, 4], loss_offset=10.0)  # resumed at iteration 20
@@ -51,7 +51,7 @@ def test_a_resumed_run_reads_as_one_with_the_redone_iterations_from_the_later_ru
 def test_pisa_plot_writes_a_png_of_the_work_dir(tmp_path, capsys):
     from PIL import Image
 
-    from pisa_train.training_curves import FIGURE_DPI, FIGURE_SIZE_INCHES
+    from pisa_train.results.training_curves import FIGURE_DPI, FIGURE_SIZE_INCHES
 
     write_run(tmp_path, "20260101_000000", range(1, 20), [1])
     assert plot_cli.main([str(tmp_path)]) == 0
@@ -72,14 +72,14 @@ def test_pisa_plot_on_a_folder_without_logs_says_what_it_needs(tmp_path, capsys)
 
 
 def demo_config():
-    from pisa_train import config_rewrites as rewrite
-    from pisa_train.config_loading import load_config
+    from pisa_train.config import rewrites as rewrite
+    from pisa_train.config.loading import load_config
 
     return rewrite.apply_work_dir(load_config(str(DEMO_CONFIG), {}, {}), "w", str(DEMO_CONFIG))
 
 
 def test_pisa_eval_has_the_detections_written_and_evaluates_them_itself():
-    from pisa_train.config_rewrites import dump_detections_for_evaluation
+    from pisa_train.config.rewrites import dump_detections_for_evaluation
 
     cfg = demo_config()
     rewritten = dump_detections_for_evaluation(cfg)
@@ -91,7 +91,7 @@ def test_pisa_eval_has_the_detections_written_and_evaluates_them_itself():
 
 
 def test_pisa_eval_refuses_a_test_evaluator_that_is_not_coco_bbox():
-    from pisa_train.config_rewrites import dump_detections_for_evaluation
+    from pisa_train.config.rewrites import dump_detections_for_evaluation
     from pisa_train.errors import ConfigError
 
     cfg = demo_config()
@@ -104,7 +104,7 @@ def test_pisa_eval_refuses_a_test_evaluator_that_is_not_coco_bbox():
 
 
 def test_tensorboard_adds_mmengines_backend_once():
-    from pisa_train.config_rewrites import enable_tensorboard
+    from pisa_train.config.rewrites import enable_tensorboard
 
     cfg = enable_tensorboard(enable_tensorboard(demo_config()))
     assert [b["type"] for b in cfg.visualizer.vis_backends] == ["LocalVisBackend", "TensorboardVisBackend"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from local_http_server import LocalHTTPServer
-from pisa_train import pretrained_weights
+from pisa_train.fetch import weights as pretrained_weights
 from pisa_train.errors import DataError, UsageError
-from pisa_train.pretrained_weights import (KNOWN_WEIGHTS, KnownWeights, fetch_weights, missing_weights_message,
+from pisa_train.fetch.weights import (KNOWN_WEIGHTS, KnownWeights, fetch_weights, missing_weights_message,
                                            torch_checkpoints_dir)
 
 
@@ -96,7 +96,7 @@ def test_weights_with_the_wrong_hash_are_rejected(tmp_path, monkeypatch):
 
 
 def test_lookup_by_config_reference_and_cached_path(tmp_path):
-    from pisa_train.pretrained_weights import cached_weights_path, find_known_weights
+    from pisa_train.fetch.weights import cached_weights_path, find_known_weights
     assert find_known_weights("open-mmlab://resnext101_32x4d").name == "resnext101_32x4d"
     assert find_known_weights("torchvision://resnet50") is None
     assert cached_weights_path("resnext101_32x4d", {"TORCH_HOME": str(tmp_path)}) == \

@@ -35,7 +35,7 @@ def test_upstream_still_needs_the_wrapper(tmp_path):
 
 def test_mmengine_checkpoints_load_through_the_allowlist(tmp_path):
     result = run_python(MAKE_CHECKPOINT + textwrap.dedent("""
-        from pisa_train.safe_checkpoint_loading import allow_mmengine_checkpoints
+        from pisa_train.engine.patches.checkpoint_loading import allow_mmengine_checkpoints
         allow_mmengine_checkpoints()
         loaded = torch.load(PATH)  # torch's default, weights_only=True
         buffer = loaded['message_hub']['log_scalars']['train/loss']
@@ -53,7 +53,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_runs_nothing(tmp_pat
             def __reduce__(self):
                 return (os.system, ('touch {marker}',))
         torch.save({{'state_dict': {{}}, 'meta': Payload()}}, PATH)
-        from pisa_train.safe_checkpoint_loading import allow_mmengine_checkpoints
+        from pisa_train.engine.patches.checkpoint_loading import allow_mmengine_checkpoints
         allow_mmengine_checkpoints()
         try:
             torch.load(PATH)
@@ -72,7 +72,7 @@ def test_getattr_in_a_checkpoint_reaches_only_history_buffer_statistics(tmp_path
             def __reduce__(self):
                 return (getattr, (numpy.ndarray, 'tofile'))
         torch.save({'meta': Sneaky()}, PATH)
-        from pisa_train.safe_checkpoint_loading import allow_mmengine_checkpoints
+        from pisa_train.engine.patches.checkpoint_loading import allow_mmengine_checkpoints
         allow_mmengine_checkpoints()
         try:
             torch.load(PATH)
@@ -101,7 +101,7 @@ GUARDED_LOAD = textwrap.dedent("""
         def __reduce__(self):
             return (os.system, ('touch MARKER',))
     torch.save({'state_dict': {}, 'meta': Payload()}, PATH)
-    from pisa_train.safe_checkpoint_loading import guard_checkpoint_loading
+    from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading
     guard_checkpoint_loading(TRUSTED)
     from mmengine.runner.checkpoint import _load_checkpoint
     try:
@@ -135,7 +135,7 @@ def test_trust_checkpoint_unpickles_that_file_in_full(tmp_path):
 
 def test_truncated_and_missing_checkpoints_are_checkpoint_errors(tmp_path):
     result = run_python(MAKE_CHECKPOINT + textwrap.dedent("""
-        from pisa_train.safe_checkpoint_loading import load_checkpoint_file
+        from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
         from pisa_train.errors import CheckpointError
         data = open(PATH, 'rb').read()
         open(PATH, 'wb').write(data[:len(data) // 2])
@@ -157,7 +157,7 @@ def test_a_fresh_process_loads_history_buffer_statistics(tmp_path):
     made = run_python(MAKE_CHECKPOINT, tmp_path)
     assert made.returncode == 0, made.stderr
     result = run_python(textwrap.dedent("""
-        from pisa_train.safe_checkpoint_loading import load_checkpoint_file
+        from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
         print('ITER', load_checkpoint_file(PATH)['message_hub']['runtime_info']['iter'])
     """), tmp_path)
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ import pytest
 from mmengine.config import Config
 
 from pisa_train.errors import DataError
-from pisa_train.synthetic_shapes import CLASSES, ensure_synthetic_dataset, generate_shapes_dataset
+from pisa_train.data.synthetic_shapes import CLASSES, ensure_synthetic_dataset, generate_shapes_dataset
 
 
 def digest(root):

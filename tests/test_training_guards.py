@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT stop with a checkpoint, and the NaN/Inf loss guard (pisa_train.training_guards),
+"""SIGTERM/SIGINT stop with a checkpoint, and the NaN/Inf loss guard (engine/hooks/training_guards.py),
 on a real MMEngine Runner with a toy model."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import signal
 import pytest
 import torch
 
-from pisa_train import engine
+from pisa_train.engine import runner as engine
 from pisa_train.errors import ConfigError, NonFiniteLossError, TrainingStopped
-from pisa_train.safe_checkpoint_loading import load_checkpoint_file
-from pisa_train.training_guards import describe_nonfinite, nonfinite_terms
+from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
+from pisa_train.engine.hooks.training_guards import describe_nonfinite, nonfinite_terms
 from toy_runner import build_toy_runner, toy_cfg
 
 
@@ -40,7 +40,7 @@ def test_a_signal_saves_at_the_iteration_boundary_and_resume_continues(tmp_path,
 
 
 def test_a_scheduled_save_of_the_same_iteration_is_not_repeated(tmp_path, monkeypatch):
-    from pisa_train.checkpoint_saving import AtomicCheckpointHook
+    from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
 
     saved = []
     original = AtomicCheckpointHook.save_checkpoint_file
@@ -105,3 +105,38 @@ def test_nonfinite_terms_names_the_terms_before_the_total():
     bad = nonfinite_terms(log_vars)
     assert [name for name, _ in bad] == ["loss_bbox", "loss"]
     assert describe_nonfinite(7, bad) == "iteration 7: loss term 'loss_bbox' is inf, 'loss' is inf"
+
+
+def test_upstream_train_step_updates_through_the_instances_update_params():
+    """Guard of engine/patches/skip_nonfinite_updates.py: mmengine's BaseModel.train_step must call
+    ``update_params`` on the OptimWrapper instance, once, with the summed loss; if it stops, a
+    rebound ``update_params`` no longer skips anything and nonfinite_loss='skip' must change."""
+    from mmengine.optim import OptimWrapper
+
+    from toy_runner import ToyRegressor
+
+    model = ToyRegressor()
+    optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    seen = []
+    optim_wrapper.update_params = lambda loss, *args, **kwargs: seen.append(loss)
+    data = dict(inputs=[torch.tensor([0.5])], targets=[torch.tensor([2.0])])
+    log_vars = model.train_step(data, optim_wrapper)
+    assert len(seen) == 1 and float(seen[0].detach()) == pytest.approx(float(log_vars["loss"]))
+
+
+def test_a_skipped_step_leaves_the_weights_and_a_finite_one_updates_them():
+    from mmengine.optim import OptimWrapper
+
+    from pisa_train.engine.patches.skip_nonfinite_updates import skip_nonfinite_updates
+    from toy_runner import ToyRegressor
+
+    model = ToyRegressor(nan_at=[1])
+    optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    skip_nonfinite_updates(optim_wrapper)
+    before = [p.detach().clone() for p in model.parameters()]
+    data = dict(inputs=[torch.tensor([0.5])], targets=[torch.tensor([2.0])])
+    model.train_step(data, optim_wrapper)  # call 1: NaN loss
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    model.train_step(data, optim_wrapper)  # call 2: finite
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

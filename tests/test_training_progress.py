@@ -1,4 +1,4 @@
-"""The progress bar of training, validation and testing (pisa_train/training_progress.py): its text,
+"""The progress bar of training, validation and testing (engine/hooks/progress_bar.py, drawn by terminal.py): its text,
 the hook on MMEngine's real Runner, and (slow) the real commands in a real pseudo-terminal."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from mmengine.hooks import Hook
 
 from conftest import DEMO_CONFIG
-from pisa_train.training_progress import (ProgressBarHook, TerminalLine, WritesAboveTheLine, _PhaseClock,
-                                          evaluation_line, fit_to_width, progress_bar, training_line)
+from pisa_train.engine.hooks.progress_bar import ProgressBarHook, _PhaseClock, evaluation_line, training_line
+from pisa_train.terminal import TerminalLine, WritesAboveTheLine, fit_to_width, progress_bar
 
 
 def screen(output: str) -> list[str]:
@@ -160,12 +160,13 @@ def test_off_a_terminal_the_hook_writes_nothing(tmp_path):
 
 def test_the_commands_add_the_hook_unless_told_not_to():
     from pisa_train.cli import evaluate, train
+    from pisa_train.config.build import build_train_config
 
     args = train.build_parser().parse_args([str(DEMO_CONFIG)])
-    cfg, _ = train.build_config(args, "cpu")
+    cfg, _ = build_train_config(args, "cpu")
     assert [hook["type"] for hook in cfg.custom_hooks].count("ProgressBarHook") == 1
     args = train.build_parser().parse_args([str(DEMO_CONFIG), "--no-progress"])
-    cfg, _ = train.build_config(args, "cpu")
+    cfg, _ = build_train_config(args, "cpu")
     assert "ProgressBarHook" not in [hook["type"] for hook in cfg.custom_hooks]
     assert evaluate.build_parser().parse_args(["c.py", "w.pth", "--no-progress"]).progress is False
 
@@ -223,3 +224,44 @@ def test_in_a_real_terminal_training_and_evaluation_show_their_bars(tmp_path, sh
                                      cwd=tmp_path)
     assert code == 0, output[-3000:]
     assert "test [" not in output and "\x1b[K" not in output
+
+
+def test_upstream_logger_writes_through_a_plain_stream_handler(monkeypatch):
+    """Guard of engine/patches/console_streams.py: mmengine's MMLogger writes its console lines
+    through a plain logging.StreamHandler holding the sys.stdout of the moment it was made. If
+    that changes, the progress bar's console routing finds no handler and log lines would be
+    drawn over the bar."""
+    import logging
+    import uuid
+
+    from mmengine.logging import MMLogger
+
+    fake_stdout = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", fake_stdout)
+    logger = MMLogger.get_instance(f"guard_{uuid.uuid4().hex[:8]}", log_level="INFO")
+    console = [handler for handler in logger.handlers if type(handler) is logging.StreamHandler]
+    assert len(console) == 1 and console[0].stream is fake_stdout
+
+
+def test_console_routing_writes_above_the_line_and_gives_every_stream_back(monkeypatch):
+    import logging
+
+    from pisa_train.engine.patches.console_streams import ConsoleAboveTheLine
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    logger = logging.getLogger("console-routing-test")
+    handler = logging.StreamHandler(terminal)
+    logger.addHandler(handler)
+    try:
+        line = TerminalLine(terminal, columns=lambda: 80)
+        console = ConsoleAboveTheLine(line, terminal)
+        console.install(logger)
+        line.show("bar 1/2")
+        logger.warning("a log line")
+        print("a print")
+        assert screen(terminal.getvalue()) == ["a log line", "a print", "bar 1/2"]
+        console.restore()
+        assert handler.stream is terminal and sys.stdout is terminal
+    finally:
+        logger.removeHandler(handler)

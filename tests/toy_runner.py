@@ -48,7 +48,7 @@ def toy_cfg(work_dir, max_iters=6, interval=1, max_keep_ckpts=2, custom_hooks=()
             nan_at=(), by_epoch=False):
     from mmengine.config import Config
 
-    from pisa_train import config_rewrites
+    from pisa_train.config import rewrites as config_rewrites
 
     train_cfg = dict(by_epoch=True, max_epochs=2) if by_epoch else dict(by_epoch=False, max_iters=max_iters)
     cfg = Config(dict(
@@ -74,7 +74,7 @@ def toy_cfg(work_dir, max_iters=6, interval=1, max_keep_ckpts=2, custom_hooks=()
 
 
 def build_toy_runner(cfg):
-    from pisa_train import engine
+    from pisa_train.engine import runner as engine
 
     return engine.build_runner(cfg)
 

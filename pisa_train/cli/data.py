@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.error_reporting import run_reporting_errors
+from pisa_train.cli.options import add_debug, add_no_progress, run_command
 from pisa_train.errors import DataError
 
 PROG = "pisa-data"
@@ -24,9 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Download and check datasets and pretrained weights for pisa-train.")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    common.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress display (errors and results are still printed)")
+    add_debug(common)
+    add_no_progress(common)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     download = commands.add_parser(
@@ -61,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from pisa_train import dataset_downloads
-    from pisa_train.dataset_layout import describe_dataset
+    from pisa_train.data.layout import describe_dataset
+    from pisa_train.fetch import datasets as dataset_downloads
 
     if args.source == "coco2017":
         layout = dataset_downloads.download_coco2017(args.dest, keep_archives=args.keep_archives,
@@ -76,7 +75,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from pisa_train.dataset_check import check_dataset, render_report
+    from pisa_train.data.check import check_dataset, render_report
 
     report = check_dataset(args.folder, open_images=not args.quick, progress=args.progress)
     print(render_report(report), flush=True)
@@ -87,7 +86,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    from pisa_train.pretrained_weights import fetch_weights, torch_checkpoints_dir
+    from pisa_train.fetch.weights import fetch_weights, torch_checkpoints_dir
 
     paths = fetch_weights(args.only, args.dest, progress=args.progress)
     for path in paths:
@@ -103,12 +102,7 @@ _COMMANDS = {"download": run_download, "check": run_check, "weights": run_weight
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # --help, or a usage error argparse already printed
-        return int(exit_request.code or 0)
-    return run_reporting_errors(PROG, lambda: _COMMANDS[args.command](args), debug=args.debug)
+    return run_command(PROG, build_parser(), lambda args: _COMMANDS[args.command](args), argv)
 
 
 if __name__ == "__main__":

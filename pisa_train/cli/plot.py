@@ -2,7 +2,7 @@
 
 pisa-train draws them by itself at the end of a run; this command draws them on
 demand (during a run, or for an older one) from MMEngine's logs in the work dir
-(see pisa_train.training_curves). It is not a live dashboard: use
+(see results/training_curves.py). It is not a live dashboard: use
 ``pisa-train --tensorboard`` and TensorBoard for that.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.error_reporting import run_reporting_errors
+from pisa_train.cli.options import add_debug, run_command
 
 PROG = "pisa-plot"
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: pisa-plot work_dirs/pisa_faster_rcnn_r18_fpn_demo_shapes")
     parser.add_argument("work_dir", help="the work dir of a pisa-train run (with <timestamp>/vis_data/scalars.json)")
     parser.add_argument("--out", metavar="FILE.png", help="where to write the PNG (default: WORK_DIR/training_curves.png)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    add_debug(parser)
     return parser
 
 
@@ -35,7 +35,7 @@ def plot(args: argparse.Namespace) -> int:
     if not Path(args.work_dir).is_dir():
         raise DataError(f"work dir {args.work_dir} not found; give the folder pisa-train wrote its checkpoints "
                         f"and logs to (work_dirs/<config name> by default)")
-    from pisa_train.training_curves import plot_training_curves
+    from pisa_train.results.training_curves import plot_training_curves
 
     path = plot_training_curves(args.work_dir, args.out)
     print(f"[{PROG}] training curves written to {path}", flush=True)
@@ -43,8 +43,7 @@ def plot(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_reporting_errors(PROG, lambda: plot(args), debug=args.debug)
+    return run_command(PROG, build_parser(), plot, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,137 @@
+"""``--data DIR``: point a config at a COCO-format dataset folder (a pure config rewrite).
+
+data/layout.py recognises the folder and reads its classes; this module sets
+``data_root``, ``ann_file``, ``data_prefix`` and ``metainfo.classes`` of the
+train, val and test datasets (inside any dataset wrappers), the evaluators'
+``ann_file`` and the ``num_classes`` of every head that has one.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pisa_train.data.layout import DatasetLayout, SplitFiles, describe_dataset, resolve_dataset
+from pisa_train.data.presence import innermost_dataset
+from pisa_train.errors import ConfigError
+
+
+class DatasetApplied(NamedTuple):
+    cfg: Any  # mmengine.Config
+    notes: list[str]  # what the caller should log: missing splits and what was used instead
+
+
+def _innermost_dataset(loader: Any, key: str) -> Any:
+    dataset = innermost_dataset(loader.get("dataset") if loader is not None else None)
+    if dataset is None:
+        raise ConfigError(f"{key} has no 'dataset' to point at the data folder; fix the config")
+    if "datasets" in dataset:
+        raise ConfigError(f"{key} is a {dataset.get('type', 'ConcatDataset')} of several datasets; "
+                          f"--data can only replace a single dataset, edit the config instead")
+    return dataset
+
+
+def _point_loader(cfg: Any, key: str, layout: DatasetLayout, files: SplitFiles) -> None:
+    dataset = _innermost_dataset(cfg[key], key)
+    dataset["data_root"] = str(layout.data_root)
+    dataset["ann_file"] = files.ann_file
+    dataset["data_prefix"] = dict(img=files.img_prefix)
+    # The palette of the old classes would not match; mmdet makes one up.
+    dataset["metainfo"] = dict(classes=layout.classes)
+
+
+def _point_evaluator(cfg: Any, key: str, layout: DatasetLayout, files: SplitFiles) -> None:
+    evaluators = cfg[key] if isinstance(cfg[key], (list, tuple)) else [cfg[key]]
+    for evaluator in evaluators:
+        # CocoMetric reads ground truth from ann_file (a full path: it ignores data_root).
+        if "ann_file" in evaluator or "Coco" in str(evaluator.get("type", "")):
+            evaluator["ann_file"] = os.path.join(str(layout.data_root), files.ann_file)
+
+
+def _class_heads(model: Any) -> list[Any]:
+    heads = []
+    roi_head = model.get("roi_head") or {}
+    for candidate in (roi_head.get("bbox_head"), roi_head.get("mask_head"), model.get("bbox_head")):
+        if candidate is None:
+            continue
+        heads.extend(candidate if isinstance(candidate, (list, tuple)) else [candidate])
+    return [head for head in heads if "num_classes" in head]
+
+
+def _never_validate(cfg: Any) -> None:
+    cfg["val_dataloader"] = None
+    cfg["val_cfg"] = None
+    cfg["val_evaluator"] = None
+    train_cfg = cfg.get("train_cfg")
+    if train_cfg is not None:
+        length = max(int(train_cfg.get("max_epochs") or 0), int(train_cfg.get("max_iters") or 0))
+        train_cfg["val_interval"] = length + 1 if length else 10**9
+
+
+def apply_dataset_folder(cfg: Any, layout: DatasetLayout) -> DatasetApplied:
+    """Point ``cfg`` (an mmengine Config in mmdet's CocoDataset style) at ``layout``.
+
+    Returns a new config and the notes to log; ``cfg`` itself is not changed.
+    Validation uses the val split, else the test split, else is switched off;
+    testing uses the test split, else the val split.
+    """
+    cfg = copy.deepcopy(cfg)
+    # mmdet's base configs say `test_dataloader = val_dataloader` and
+    # `test_evaluator = val_evaluator`; a config built in code keeps them as
+    # one object, so each gets its own copy before it is changed.
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader", "val_evaluator", "test_evaluator"):
+        if cfg.get(key) is not None:
+            cfg[key] = copy.deepcopy(cfg[key])
+
+    notes: list[str] = []
+    splits = layout.splits
+    if "train" in splits:
+        if cfg.get("train_dataloader") is not None:
+            _point_loader(cfg, "train_dataloader", layout, splits["train"])
+    else:
+        notes.append(f"{layout.data_root} has no train split: train_dataloader is unchanged, "
+                     f"use this dataset for evaluation only")
+
+    val_split = "val" if "val" in splits else "test" if "test" in splits else None
+    test_split = "test" if "test" in splits else val_split
+    if val_split is None:
+        _never_validate(cfg)
+        notes.append(f"{layout.data_root} has no validation or test split: training runs without "
+                     f"validation (val_dataloader, val_cfg and val_evaluator are None)")
+    else:
+        if val_split == "test":
+            notes.append(f"{layout.data_root} has no validation split: validating on the test split "
+                         f"({splits['test'].ann_file})")
+        if cfg.get("val_dataloader") is not None:
+            _point_loader(cfg, "val_dataloader", layout, splits[val_split])
+        if cfg.get("val_evaluator") is not None:
+            _point_evaluator(cfg, "val_evaluator", layout, splits[val_split])
+
+    if test_split is None:
+        cfg["test_dataloader"] = None
+        cfg["test_cfg"] = None
+        cfg["test_evaluator"] = None
+        notes.append(f"{layout.data_root} has no split to test on: test_dataloader, test_cfg and "
+                     f"test_evaluator are None")
+    else:
+        if cfg.get("test_dataloader") is not None:
+            _point_loader(cfg, "test_dataloader", layout, splits[test_split])
+        if cfg.get("test_evaluator") is not None:
+            _point_evaluator(cfg, "test_evaluator", layout, splits[test_split])
+
+    heads = _class_heads(cfg.get("model") or {})
+    if not heads:
+        raise ConfigError("the config's model has no head with num_classes (looked at model.roi_head.bbox_head, "
+                          "model.roi_head.mask_head and model.bbox_head); set it with --cfg-options")
+    for head in heads:
+        head["num_classes"] = len(layout.classes)
+    return DatasetApplied(cfg, notes)
+
+
+def use_dataset_folder(cfg: Any, folder: str | Path) -> DatasetApplied:
+    """``--data DIR``: resolve the folder and point the config at it; the notes
+    start with the resolved settings, for the log."""
+    layout = resolve_dataset(folder)
+    applied = apply_dataset_folder(cfg, layout)
+    return DatasetApplied(applied.cfg, describe_dataset(layout).splitlines() + applied.notes)

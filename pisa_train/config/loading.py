@@ -1,0 +1,170 @@
+"""Read an MMDetection config and the ``--cfg-options`` overrides, with errors a user can act on.
+
+mmengine does the work (``Config.fromfile``, ``DictAction``'s value syntax);
+this module only turns its failures into one line that says what to fix.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from pisa_train.config.settings import KNOWN_TOP_LEVEL_SETTINGS
+from pisa_train.errors import ConfigError
+
+
+def parse_cfg_options(items: list[str] | None, flag: str = "--cfg-options") -> dict:
+    """Parse ``KEY=VALUE`` items the way mmengine's ``DictAction`` does.
+
+    Values: ``1`` -> int, ``0.5`` -> float, ``True``/``False``/``None``, ``a,b`` or
+    ``[a,b]`` or ``(a,b)`` -> list/tuple, anything else a string. DictAction itself
+    parses each value (through its public argparse interface); a malformed item, which
+    DictAction would let fail inside argparse with a traceback, is a ConfigError naming it.
+    """
+    import argparse
+
+    from mmengine.config import DictAction
+
+    options: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} item '{item}' is not KEY=VALUE; write it like "
+                              f"train_dataloader.batch_size=4 or model.backbone.init_cfg=None")
+        if key != key.strip() or " " in key:
+            raise ConfigError(f"{flag} key '{key}' contains spaces; write KEY=VALUE with no spaces "
+                              f"around '=' (quote the whole item if the value has spaces)")
+        parsed = argparse.Namespace()
+        try:
+            DictAction(option_strings=[flag], dest="options")(None, parsed, [item])
+        except Exception as error:  # DictAction raises bare AssertionError/IndexError on bad brackets
+            raise ConfigError(f"{flag} value for '{key}' cannot be parsed: '{value}' "
+                              f"(check that its brackets and quotes are balanced)") from error
+        options[key] = parsed.options[key]
+    return options
+
+
+def load_config(config_path: str, cfg_options: dict | None = None, new_keys: dict | None = None):
+    """``Config.fromfile`` plus the overrides, or a ConfigError that says what is wrong.
+
+    ``cfg_options`` (--cfg-options) may only change keys the config has; ``new_keys``
+    (--cfg-add) may also add keys, because the user said so."""
+    from mmengine.config import Config
+
+    path = Path(config_path)
+    if not path.is_file():
+        raise ConfigError(_missing_config_message(path))
+    try:
+        cfg = Config.fromfile(str(path))
+    except SyntaxError as error:
+        # mmengine wraps the SyntaxError of the file (or one of its _base_ files).
+        raise ConfigError(f"config {path} (or one of its _base_ files) has a syntax error: {error}") from error
+    except FileNotFoundError as error:
+        raise ConfigError(f"config {path} names a _base_ file that does not exist: {error}") from error
+    except Exception as error:
+        raise ConfigError(f"config {path} could not be read: {type(error).__name__}: {error}") from error
+    if cfg_options:
+        check_cfg_option_keys(cfg, cfg_options)
+    for flag, options in (("--cfg-options", cfg_options), ("--cfg-add", new_keys)):
+        if options:
+            try:
+                cfg.merge_from_dict(options)
+            except Exception as error:
+                raise ConfigError(f"{flag} could not be applied to {path}: {error}") from error
+    return cfg
+
+
+def _missing_config_message(path: Path) -> str:
+    folder = path.parent if str(path.parent) not in ("", ".") else Path("configs")
+    candidates = sorted(p.name for p in folder.glob("*.py")) if folder.is_dir() else []
+    close = difflib.get_close_matches(path.name, candidates, n=1, cutoff=0.6)
+    if close:
+        return f"config file {path} not found; did you mean {folder / close[0]}?"
+    if candidates:
+        return f"config file {path} not found; {folder}/ holds: {', '.join(candidates)}"
+    return f"config file {path} not found; pass the path of an MMDetection config, e.g. configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
+
+
+def _child(node, segment: str):
+    """(True, value) if ``segment`` names an entry of ``node`` (a dict key, or a list index
+    as mmengine's merge_from_dict accepts them), else (False, None)."""
+    if isinstance(node, dict):
+        return (True, node[segment]) if segment in node else (False, None)
+    if isinstance(node, (list, tuple)) and segment.isdigit() and int(segment) < len(node):
+        return True, node[int(segment)]
+    return False, None
+
+
+def config_key_paths(node, prefix: str = "") -> list[str]:
+    """Every key path of a config, dict keys and list indices alike: 'model', 'model.backbone',
+    ..., 'train_dataloader.dataset.pipeline.2.scale'."""
+    if isinstance(node, dict):
+        items = list(node.items())
+    elif isinstance(node, (list, tuple)):
+        items = [(str(index), value) for index, value in enumerate(node)]
+    else:
+        return []
+    paths = []
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        paths.append(path)
+        paths.extend(config_key_paths(value, path))
+    return paths
+
+
+def unknown_key_message(cfg_dict: dict, key: str) -> str | None:
+    """None if ``key`` names a setting the config has (or one MMEngine or pisa-train gives a
+    default), else the one-line refusal, with the closest keys the config does have."""
+    segments = key.split(".")
+    if segments[0] not in cfg_dict and segments[0] in KNOWN_TOP_LEVEL_SETTINGS:
+        return None
+    node, found_depth = cfg_dict, 0
+    for segment in segments:
+        found, node = _child(node, segment)
+        if not found:
+            break
+        found_depth += 1
+    else:
+        return None
+    parent_path = ".".join(segments[:found_depth])
+    where = f" (there is no '{segments[found_depth]}' under '{parent_path}')" if found_depth else ""
+    # Compare whole paths of the same depth: a typo anywhere in a long key still scores high.
+    same_depth = [path for path in config_key_paths(cfg_dict) if path.count(".") == key.count(".")]
+    if "." not in key:
+        same_depth += [name for name in KNOWN_TOP_LEVEL_SETTINGS if name not in cfg_dict]
+    close = _closest(key, same_depth)
+    if close:
+        hint = "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    else:
+        parent = cfg_dict
+        for segment in segments[:found_depth]:
+            _, parent = _child(parent, segment)
+        names = [str(name) for name in parent] if isinstance(parent, dict) else []
+        hint = (f"'{parent_path or 'the config'}' has: {', '.join(names[:15])}{', ...' if len(names) > 15 else ''}"
+                if names else f"'{parent_path}' is {type(parent).__name__ if parent is not None else 'None'} "
+                              f"in the config, so it has no '{segments[found_depth]}'")
+    return (f"--cfg-options '{key}' is not in the config{where}; {hint} "
+            f"(to add a new key on purpose, pass it with --cfg-add {key}=VALUE)")
+
+
+def _closest(key: str, candidates: list[str], cutoff: float = 0.8) -> list[str]:
+    """The candidates most like ``key`` (ties included), as difflib.get_close_matches scores them;
+    only the best, since the runners-up of a long dotted key are mostly noise."""
+    scored = []
+    for candidate in candidates:
+        matcher = difflib.SequenceMatcher(None, key, candidate)
+        if matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff and matcher.ratio() >= cutoff:
+            scored.append((matcher.ratio(), candidate))
+    if not scored:
+        return []
+    best = max(score for score, _ in scored)
+    return [candidate for score, candidate in scored if score == best][:3]
+
+
+def check_cfg_option_keys(cfg, options: dict) -> None:
+    """Refuse a --cfg-options key that the config does not have: mmengine's merge would add
+    it silently, so a typo (model.roi_hed...) would train the unchanged config."""
+    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    for key in options:
+        message = unknown_key_message(cfg_dict, key)
+        if message:
+            raise ConfigError(message)

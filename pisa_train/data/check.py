@@ -1,0 +1,262 @@
+"""Validate a COCO-format dataset folder and summarise it as a table.
+
+``check_dataset`` collects every problem it finds (not only the first), each
+with its file and the fix. Errors are what would break or silently corrupt
+training; warnings are worth knowing but legitimate (background images,
+classes not annotated yet).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from pisa_train.data.coco_annotations import load_annotation_file, synthetic_root_categories
+from pisa_train.data.layout import LAYOUT_NAMES, SPLITS, FolderLayout, find_layout
+from pisa_train.errors import DataError
+from pisa_train.terminal import ProgressReporter
+
+ERROR = "error"
+WARNING = "warning"
+# Exporters round coordinates; a box that overhangs by less than a pixel is not a mistake.
+_BOX_TOLERANCE_PX = 1.0
+_EXAMPLES_IN_WARNING = 3
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # ERROR or WARNING
+    kind: str  # groups similar problems in the report, e.g. "missing-image"
+    file: str
+    message: str  # what is wrong and how to fix it
+
+
+@dataclass
+class SplitReport:
+    split: str
+    ann_file: str
+    images: int = 0
+    boxes: int = 0
+    boxes_per_class: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class DatasetReport:
+    data_root: Path
+    kind: str
+    classes: list[str] = field(default_factory=list)
+    root_categories: list[str] = field(default_factory=list)
+    splits: list[SplitReport] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [problem for problem in self.problems if problem.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [problem for problem in self.problems if problem.severity == WARNING]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _open_image(path: Path) -> tuple[int, int]:
+    from PIL import Image  # only `check` needs Pillow
+
+    with Image.open(path) as image:
+        size = image.size
+        image.verify()
+    return size
+
+
+def _check_split(layout: FolderLayout, split: str, data: dict, report: DatasetReport, split_report: SplitReport,
+                 open_images: bool, progress: bool, output: TextIO) -> None:
+    files = layout.splits[split]
+    ann = files.ann_file
+    problems = report.problems
+    category_names = {category["id"]: category["name"] for category in data["categories"]}
+
+    images: dict[object, dict] = {}
+    reporter = ProgressReporter(f"checking {split} images", len(data["images"]), unit="images",
+                                stream=output) if progress else None
+    for index, image in enumerate(data["images"], start=1):
+        if reporter:
+            reporter.update(index)
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            problems.append(Problem(ERROR, "malformed-image-entry", ann,
+                                    f"images[{index - 1}] has no 'id' or 'file_name'; fix or remove the entry"))
+            continue
+        images[image["id"]] = image
+        path = layout.data_root / files.img_prefix / image["file_name"]
+        shown = f"{files.img_prefix}{image['file_name']}"
+        if not path.is_file():
+            problems.append(Problem(ERROR, "missing-image", ann,
+                                    f"image {shown} not found; restore the file or remove its entry from {ann}"))
+            continue
+        if open_images:
+            try:
+                actual = _open_image(path)
+            except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files
+                problems.append(Problem(ERROR, "unreadable-image", ann,
+                                        f"image {shown} cannot be read ({type(error).__name__}: {error}); "
+                                        f"replace the file or remove its entry from {ann}"))
+                continue
+            expected = (image.get("width"), image.get("height"))
+            if actual != expected:
+                problems.append(Problem(WARNING, "size-mismatch", ann,
+                                        f"image {shown} is {actual[0]}x{actual[1]} but {ann} says "
+                                        f"{expected[0]}x{expected[1]}; boxes may be off, export again"))
+    if reporter:
+        reporter.finish()
+    split_report.images = len(images)
+
+    images_with_boxes: set = set()
+    for index, annotation in enumerate(data["annotations"]):
+        where = f"annotation {annotation.get('id', index) if isinstance(annotation, dict) else index}"
+        if not isinstance(annotation, dict):
+            problems.append(Problem(ERROR, "malformed-box", ann, f"{where} is not an object; remove it"))
+            continue
+        image = images.get(annotation.get("image_id"))
+        if image is None:
+            problems.append(Problem(ERROR, "unknown-image", ann, f"{where} refers to image_id "
+                                    f"{annotation.get('image_id')!r}, which is not in 'images'; remove it"))
+            continue
+        name = category_names.get(annotation.get("category_id"))
+        if name is None:
+            problems.append(Problem(ERROR, "unknown-category", ann, f"{where} (image {image['file_name']}) has "
+                                    f"category_id {annotation.get('category_id')!r}, which is not in "
+                                    f"'categories'; fix its category"))
+            continue
+        box = annotation.get("bbox")
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(map(_is_number, box))):
+            problems.append(Problem(ERROR, "malformed-box", ann, f"{where} (image {image['file_name']}) has bbox "
+                                    f"{box!r}, not [x, y, width, height]; fix or remove it"))
+            continue
+        x, y, width, height = box
+        if width <= 0 or height <= 0:
+            problems.append(Problem(ERROR, "empty-box", ann, f"{where} (image {image['file_name']}) has a box of "
+                                    f"zero or negative size ({width}x{height}); remove it or redraw it"))
+            continue
+        image_width, image_height = image.get("width"), image.get("height")
+        if _is_number(image_width) and _is_number(image_height) and (
+                x < -_BOX_TOLERANCE_PX or y < -_BOX_TOLERANCE_PX
+                or x + width > image_width + _BOX_TOLERANCE_PX or y + height > image_height + _BOX_TOLERANCE_PX):
+            problems.append(Problem(ERROR, "box-outside", ann, f"{where} (image {image['file_name']}) box "
+                                    f"[{x}, {y}, {width}, {height}] lies outside the {image_width}x{image_height} "
+                                    f"image; clip or redraw it"))
+            continue
+        split_report.boxes += 1
+        split_report.boxes_per_class[name] += 1
+        images_with_boxes.add(image["id"])
+
+    empty = [image["file_name"] for image_id, image in images.items() if image_id not in images_with_boxes]
+    if empty:
+        examples = ", ".join(empty[:_EXAMPLES_IN_WARNING]) + (", ..." if len(empty) > _EXAMPLES_IN_WARNING else "")
+        problems.append(Problem(WARNING, "images-without-boxes", ann,
+                                f"{len(empty)} of {len(images)} images have no boxes ({examples}); fine for "
+                                f"background images, otherwise annotate them"))
+
+
+def check_dataset(path: str | Path, *, open_images: bool = True, progress: bool = False,
+                  output: TextIO | None = None) -> DatasetReport:
+    """Check the dataset at ``path``; DataError only if no layout is recognised at all."""
+    output = output if output is not None else sys.stdout
+    layout = find_layout(path)
+    report = DatasetReport(layout.data_root, layout.kind)
+    loaded: dict[str, dict] = {}
+    for split, files in layout.splits.items():
+        try:
+            loaded[split] = load_annotation_file(layout.data_root / files.ann_file)
+        except DataError as error:
+            report.problems.append(Problem(ERROR, "not-coco", files.ann_file, str(error)))
+            continue
+        split_report = SplitReport(split, files.ann_file)
+        report.splits.append(split_report)
+        if not (layout.data_root / files.img_prefix).is_dir():
+            report.problems.append(Problem(ERROR, "missing-image-folder", files.ann_file,
+                                           f"image folder {files.img_prefix} not found; restore it"))
+        _check_split(layout, split, loaded[split], report, split_report, open_images, progress, output)
+
+    if not loaded:
+        return report
+    first_split, first = next(iter(loaded.items()))
+    categories = first["categories"]
+    signature = [(category.get("id"), category.get("name")) for category in categories]
+    for split, data in loaded.items():
+        other = [(category.get("id"), category.get("name")) for category in data["categories"]]
+        if other != signature:
+            missing = [name for _, name in signature if name not in {n for _, n in other}]
+            extra = [name for _, name in other if name not in {n for _, n in signature}]
+            detail = (f"missing {missing}, extra {extra}" if missing or extra else "same names, other ids or order")
+            report.problems.append(Problem(
+                ERROR, "category-mismatch", layout.splits[split].ann_file,
+                f"categories differ from {layout.splits[first_split].ann_file} ({detail}); "
+                f"export all splits together so they share one category list"))
+    for name, count in Counter(category.get("name") for category in categories).items():
+        if count > 1:
+            report.problems.append(Problem(
+                ERROR, "duplicate-class", layout.splits[first_split].ann_file,
+                f"class name {name!r} is used by {count} categories; merge or rename them"))
+
+    total_boxes: Counter = Counter()
+    for data in loaded.values():
+        total_boxes.update(annotation.get("category_id") for annotation in data["annotations"]
+                           if isinstance(annotation, dict))
+    report.root_categories = synthetic_root_categories(categories, total_boxes)
+    report.classes = [category["name"] for category in categories if category["name"] not in report.root_categories]
+    boxes_by_name = sum((split_report.boxes_per_class for split_report in report.splits), Counter())
+    for name in report.classes:
+        if boxes_by_name[name] == 0:
+            report.problems.append(Problem(
+                WARNING, "class-without-boxes", layout.splits[first_split].ann_file,
+                f"class {name!r} has no boxes in any split; the model will never learn it, annotate it "
+                f"or remove the category"))
+    order = {split: index for index, split in enumerate(SPLITS)}
+    report.splits.sort(key=lambda split_report: order[split_report.split])
+    return report
+
+
+def _table(rows: list[list[str]], right_aligned_from: int) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(widths[i]) if i >= right_aligned_from else cell.ljust(widths[i])
+                      for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def render_report(report: DatasetReport, max_per_group: int = 10) -> str:
+    """The report as plain text: split table, class table, problems, verdict."""
+    lines = [f"dataset {report.data_root} ({LAYOUT_NAMES.get(report.kind, report.kind)})", ""]
+    rows = [["split", "annotation file", "images", "boxes"]]
+    rows += [[s.split, s.ann_file, str(s.images), str(s.boxes)] for s in report.splits]
+    lines += _table(rows, right_aligned_from=2)
+    if report.classes:
+        lines.append("")
+        rows = [["class"] + [s.split for s in report.splits] + ["total"]]
+        for name in report.classes:
+            counts = [s.boxes_per_class[name] for s in report.splits]
+            rows.append([name] + [str(count) for count in counts] + [str(sum(counts))])
+        lines += _table(rows, right_aligned_from=1)
+    if report.root_categories:
+        lines.append(f"(not a class: {', '.join(report.root_categories)}: the export's root category, "
+                     f"with no boxes)")
+    for title, problems in (("errors", report.errors), ("warnings", report.warnings)):
+        if not problems:
+            continue
+        lines += ["", f"{title} ({len(problems)}):"]
+        shown: Counter = Counter()
+        hidden: Counter = Counter()
+        for problem in problems:
+            group = (problem.kind, problem.file)
+            if shown[group] < max_per_group:
+                shown[group] += 1
+                lines.append(f"  {problem.file}: {problem.message}")
+            else:
+                hidden[group] += 1
+        for (kind, file), count in hidden.items():
+            lines.append(f"  {file}: ... and {count} more {kind} problems like those above")
+    lines += ["", f"{len(report.errors)} errors, {len(report.warnings)} warnings"]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""``pisa-train --doctor [CONFIG]``: what this machine has, and whether a config's needs are in place.
+
+It reports the versions of Python, torch (and its CUDA), mmcv, mmdet and mmengine;
+whether mmcv's compiled ops have CPU and CUDA kernels (and which RoIAlign/NMS kernels
+``--ops-backend auto`` would use); the GPUs and their memory; free disk in the work dir;
+and, given a config, whether its dataset files and pretrained weights are where the run
+will look for them. It changes nothing and downloads nothing. Anything the config needs
+that is missing makes it exit with ENVIRONMENT_ERROR (6) after the whole report.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pisa_train.errors import EnvironmentProblem
+
+
+@dataclass
+class Finding:
+    topic: str
+    detail: str
+    problem: str | None = None  # what is missing and how to fix it; None when fine
+
+    def line(self) -> str:
+        mark = "ok" if self.problem is None else "MISSING"
+        return f"{mark:8s}{self.topic}: {self.detail}" + (f" -- {self.problem}" if self.problem else "")
+
+
+def _version(module_name: str) -> str:
+    try:
+        module = __import__(module_name)
+    except Exception as error:  # noqa: BLE001 - a broken install is what the doctor is for
+        return f"not importable ({type(error).__name__}: {error})"
+    return getattr(module, "__version__", "unknown version")
+
+
+def environment_findings() -> list[Finding]:
+    import torch
+
+    from pisa_train.engine.device import choose_ops_backend, mmcv_kernels
+
+    findings = [Finding("python", f"{platform.python_version()} ({platform.platform()})"),
+                Finding("torch", f"{torch.__version__}, built with "
+                                 f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'no CUDA'}")]
+    findings += [Finding(name, _version(name)) for name in ("torchvision", "mmcv", "mmdet", "mmengine")]
+    kernels = mmcv_kernels()
+    findings.append(Finding("mmcv ops", f"CPU kernels: {'yes' if 'cpu' in kernels.devices else 'no'}; CUDA kernels: "
+                                        f"{'yes' if 'cuda' in kernels.devices else 'no'} ({kernels.description})",
+                            None if kernels.devices else "mmcv has no compiled ops; rebuild it with `make setup`"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        for index in range(gpus):
+            props = torch.cuda.get_device_properties(index)
+            findings.append(Finding(f"GPU {index}", f"{props.name}, {props.total_memory / 2**30:.1f} GiB, "
+                                                    f"compute capability {props.major}.{props.minor}"))
+    else:
+        findings.append(Finding("GPUs", f"none visible (CUDA_VISIBLE_DEVICES="
+                                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); runs use the CPU"))
+    device = "cuda" if gpus else "cpu"
+    findings.append(Finding("RoIAlign/NMS kernels",
+                            f"--ops-backend auto uses {choose_ops_backend('auto', device, kernels)}'s on {device}"))
+    return findings
+
+
+def free_disk_finding(work_dir: str) -> Finding:
+    folder = Path(work_dir).resolve()
+    while not folder.exists():  # the work dir is created by the run: measure the disk it will be on
+        folder = folder.parent
+    usage = shutil.disk_usage(folder)
+    return Finding("free disk", f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB at {folder} "
+                                f"(work dir {work_dir})")
+
+
+def _checkpoint_references(node):
+    """Every checkpoint a model config starts from (``init_cfg=dict(type='Pretrained', checkpoint=...)``)."""
+    if isinstance(node, dict):
+        if node.get("type") == "Pretrained" and node.get("checkpoint"):
+            yield node["checkpoint"]
+        for value in node.values():
+            yield from _checkpoint_references(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _checkpoint_references(value)
+
+
+def weights_findings(cfg, environ=os.environ) -> list[Finding]:
+    from pisa_train.fetch.weights import cached_weights_path, find_known_weights
+
+    references = list(_checkpoint_references(cfg.get("model")))
+    if cfg.get("load_from"):
+        references.append(cfg.load_from)
+    if not references:
+        return [Finding("pretrained weights", "none: the config trains from scratch")]
+    findings = []
+    for reference in references:
+        known = find_known_weights(str(reference))
+        if known is not None:
+            place = cached_weights_path(known.name, environ)
+            findings.append(Finding("pretrained weights", f"{reference} -> {place}",
+                                    None if place.is_file() else
+                                    f"not downloaded yet; mmengine downloads it on first use, or run "
+                                    f"`pisa-data weights --only {known.name}` (needed offline)"))
+        elif "://" in str(reference):
+            findings.append(Finding("pretrained weights", f"{reference} (downloaded by mmengine on first use; "
+                                                          f"not checked)"))
+        else:
+            findings.append(Finding("pretrained weights", str(reference),
+                                    None if Path(reference).is_file() else "file not found"))
+    return findings
+
+
+def dataset_findings(cfg) -> list[Finding]:
+    from pisa_train.data.presence import GET_DATA_HINT, dataset_paths
+
+    if cfg.get("synthetic_dataset"):
+        return [Finding("dataset", f"synthetic, generated into {cfg.get('data_root')} on first use")]
+    paths = dataset_paths(cfg)
+    if not paths:
+        return [Finding("dataset", "the config names no dataset files")]
+    return [Finding("dataset", f"{setting} = {path}",
+                    None if os.path.exists(path) else f"not found; {GET_DATA_HINT}")
+            for setting, path in paths]
+
+
+def run_doctor(cfg=None, work_dir: str = ".", print_line=print) -> None:
+    """Print the report; raise EnvironmentProblem (after printing) if the config lacks something."""
+    findings = environment_findings()
+    findings.append(free_disk_finding(cfg.work_dir if cfg is not None else work_dir))
+    if cfg is not None:
+        print_line(f"config: {cfg.filename}")
+        findings += dataset_findings(cfg) + weights_findings(cfg)
+    for finding in findings:
+        print_line(finding.line())
+    problems = [finding for finding in findings if finding.problem]
+    if problems:
+        raise EnvironmentProblem(f"{len(problems)} thing(s) this run needs are missing; first: "
+                                 f"{problems[0].topic}: {problems[0].detail} -- {problems[0].problem}")

@@ -1,0 +1,33 @@
+"""pisa-train's MMEngine hooks, and the one place that registers them.
+
+A config names them by type, as config/rewrites.py adds them:
+
+* ``AtomicCheckpointHook`` (atomic_checkpoint.py): mmengine's CheckpointHook, saving
+  atomically and deleting old checkpoints last; replaces the config's CheckpointHook.
+* ``CheckpointMatchesModelHook`` (checkpoint_compatibility.py): refuses a checkpoint
+  for another model when resuming or evaluating.
+* ``NonFiniteLossHook``, ``StopOnSignalHook`` (training_guards.py): a NaN/Inf loss stops
+  the run (or skips the step); SIGTERM/SIGINT save a checkpoint and stop.
+* ``PerRankLossHook`` (per_rank_losses.py): every process's loss in a distributed run.
+* ``ProgressBarHook`` (progress_bar.py): the progress bar on a terminal.
+
+``register_hooks`` puts them in mmengine's HOOKS registry (which mmdet's falls back
+to); engine/runner.py calls it before building a Runner.
+"""
+from __future__ import annotations
+
+from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
+from pisa_train.engine.hooks.checkpoint_compatibility import CheckpointMatchesModelHook
+from pisa_train.engine.hooks.per_rank_losses import PerRankLossHook
+from pisa_train.engine.hooks.progress_bar import ProgressBarHook
+from pisa_train.engine.hooks.training_guards import NonFiniteLossHook, StopOnSignalHook
+
+PISA_TRAIN_HOOKS = (AtomicCheckpointHook, CheckpointMatchesModelHook, NonFiniteLossHook, StopOnSignalHook,
+                    PerRankLossHook, ProgressBarHook)
+
+
+def register_hooks() -> None:
+    from mmengine.registry import HOOKS
+
+    for hook in PISA_TRAIN_HOOKS:
+        HOOKS.register_module(module=hook, force=True)

@@ -1,0 +1,192 @@
+"""Checkpoints that survive a kill, a full disk or a failed write at any moment.
+
+Works around mmengine 0.10.7's ``CheckpointHook._save_checkpoint_with_step``,
+which, in this order: (1) deletes the oldest kept checkpoint when
+``max_keep_ckpts`` is reached, (2) writes the new one in place through
+``Runner.save_checkpoint`` -> ``mmengine.runner.checkpoint.save_checkpoint`` ->
+``LocalBackend.put`` (``open(path, 'wb').write(...)``, no fsync), and (3)
+rewrites ``work_dir/last_checkpoint`` in place. A SIGKILL or a full disk during
+(2) leaves a truncated newest checkpoint, one good checkpoint fewer than asked
+for (with ``max_keep_ckpts=1``: none at all), and possibly an empty
+``last_checkpoint``, which is what ``--resume`` reads.
+
+``AtomicCheckpointHook`` is that hook with the order and the writes changed, and
+nothing else: mmengine still builds the checkpoint dict and serialises it
+(``Runner.save_checkpoint``, with its ``before_save_checkpoint`` hooks), but into
+a hidden temporary file in the same folder, which is then fsynced and moved over
+the final name with ``os.replace`` (atomic on POSIX), and the folder is fsynced
+(files.py, ``publish_atomically``); ``last_checkpoint`` is replaced the same way;
+old checkpoints are deleted only after the new one is in place, and at least ``MIN_KEPT`` are kept. Before each
+save it checks that the disk has room for one more checkpoint, and any failed
+write becomes a ``CheckpointSaveError`` that leaves the earlier checkpoints as
+they were. config/rewrites.py's ``add_training_safeguards`` swaps it in for the
+config's ``CheckpointHook`` by name (engine/hooks/__init__.py registers it in
+mmengine's HOOKS registry, which mmdet's registry falls back to).
+
+Remote ``out_dir`` backends (s3://, petrel://) keep upstream's behaviour.
+``save_best`` checkpoints are written by upstream's code, in place; ``--resume``
+never picks them. tests/test_checkpoint_saving.py fails if upstream changes the
+behaviour this works around.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import os.path as osp
+import re
+import shutil
+from collections import deque
+
+from mmengine.dist import is_main_process
+from mmengine.fileio import LocalBackend
+from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
+
+from pisa_train.errors import CheckpointSaveError
+from pisa_train.files import publish_atomically, remove_stale_temp_files, write_text_atomically
+
+MIN_KEPT = 2  # a checkpoint that turns out unreadable must leave one to fall back to
+# One checkpoint more must fit: the new one is written before the oldest goes.
+SIZE_MARGIN = 1.1
+FIRST_SAVE_FACTOR = 3  # weights + optimizer state (momentum: x2; Adam: x3) before a previous size is known
+
+
+def estimate_checkpoint_bytes(previous_size: int | None, model_bytes: int) -> int:
+    if previous_size:
+        return int(previous_size * SIZE_MARGIN)
+    return int(model_bytes * FIRST_SAVE_FACTOR)
+
+
+def free_space_problem(folder: str, needed: int, free: int) -> str | None:
+    if free >= needed:
+        return None
+    mib = 1024 * 1024
+    return (f"not enough free disk space in {folder} for the next checkpoint: about {needed / mib:.0f} MiB "
+            f"needed, {free / mib:.0f} MiB free")
+
+
+def keep_plan(kept: list[int], step: int, max_keep: int) -> tuple[list[int], list[int]]:
+    """(steps kept after saving ``step``, steps whose files to delete afterwards)."""
+    if kept and kept[-1] == step:
+        return list(kept), []
+    steps = list(kept) + [step]
+    if max_keep <= 0:
+        return steps, []
+    return steps[-max_keep:], steps[:-max_keep]
+
+
+def outdated_checkpoints(names: list[str], filename_tmpl: str, kept: list[int]) -> list[str]:
+    """The files named like ``filename_tmpl`` whose step is below every kept step."""
+    if not kept:
+        return []
+    prefix, _, suffix = filename_tmpl.partition("{}")
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+){re.escape(suffix)}$")
+    return sorted(name for name in names if (match := pattern.match(name)) and int(match.group(1)) < min(kept))
+
+
+def save_failure_message(path: str, error: OSError, work_dir: str) -> str:
+    reason = error.strerror or (os.strerror(error.errno) if error.errno else str(error))
+    why = f"the disk is full ({reason})" if error.errno in (errno.ENOSPC, errno.EDQUOT) else reason
+    return (f"could not save checkpoint {path}: {why}; the earlier checkpoints in "
+            f"{work_dir} are intact; free some space (or fix the folder), then continue with --resume")
+
+
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's CheckpointHook, saving atomically and deleting old checkpoints last."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if 0 < self.max_keep_ckpts < MIN_KEPT:
+            self.max_keep_ckpts = MIN_KEPT
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        self._atomic = isinstance(self.file_backend, LocalBackend)
+        if self._atomic and is_main_process():
+            for folder in {self.out_dir, runner.work_dir}:
+                for name in remove_stale_temp_files(folder):
+                    runner.logger.info(f"removed {osp.join(folder, name)}, left by a save that was interrupted")
+            kept = list(getattr(self, "keep_ckpt_ids", []))
+            for name in outdated_checkpoints(os.listdir(self.out_dir), self.filename_tmpl, kept):
+                # Older than every kept one: a kill came between a save and the deletion it allowed.
+                os.unlink(osp.join(self.out_dir, name))
+                runner.logger.info(f"removed {name}: older than the {len(kept)} checkpoints kept")
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        if not getattr(self, "_atomic", False):
+            return super()._save_checkpoint_with_step(runner, step, meta)
+        old_kept = list(getattr(self, "keep_ckpt_ids", []))
+        kept, dropped = keep_plan(old_kept, step, self.max_keep_ckpts)
+        if self.max_keep_ckpts > 0:
+            # Recorded before saving, as upstream does, so the checkpoint knows which files it keeps.
+            runner.message_hub.update_info("keep_ckpt_ids", kept)
+        filename = self.filename_tmpl.format(step)
+        path = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info("last_ckpt", path)
+        try:
+            self.save_checkpoint_file(runner, filename, meta, by_epoch=self.by_epoch)
+        except BaseException:
+            if self.max_keep_ckpts > 0:
+                runner.message_hub.update_info("keep_ckpt_ids", old_kept)
+            if self.last_ckpt is not None:
+                runner.message_hub.update_info("last_ckpt", self.last_ckpt)
+            raise
+        self.last_ckpt = path
+        if self.max_keep_ckpts > 0:
+            self.keep_ckpt_ids = deque(kept, self.max_keep_ckpts)
+        if not is_main_process():
+            return
+        for old_step in dropped:
+            old = osp.join(self.out_dir, self.filename_tmpl.format(old_step))
+            if osp.isfile(old):
+                os.unlink(old)
+            elif osp.isdir(old):  # deepspeed saves folders
+                shutil.rmtree(old)
+
+    def save_checkpoint_file(self, runner, filename: str, meta: dict, by_epoch: bool) -> str:
+        """Save the runner's state as ``out_dir/filename`` atomically and point last_checkpoint at it."""
+        path = osp.join(self.out_dir, filename)
+        if not is_main_process():
+            return path  # Runner.save_checkpoint is master_only
+        self._check_free_space(runner)
+
+        def write(temp: str) -> None:
+            runner.save_checkpoint(self.out_dir, osp.basename(temp), self.file_client_args,
+                                   save_optimizer=self.save_optimizer,
+                                   save_param_scheduler=self.save_param_scheduler, meta=meta,
+                                   by_epoch=by_epoch, backend_args=self.backend_args, **self.args)
+
+        try:
+            publish_atomically(path, write)
+            write_text_atomically(osp.join(runner.work_dir, "last_checkpoint"), path)
+        except OSError as error:
+            raise CheckpointSaveError(save_failure_message(path, error, self.out_dir)) from error
+        self._last_size = osp.getsize(path)
+        return path
+
+    def _check_free_space(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        previous = getattr(self, "_last_size", None)
+        if previous is None and self.last_ckpt and osp.isfile(self.last_ckpt):
+            previous = osp.getsize(self.last_ckpt)
+        needed = estimate_checkpoint_bytes(previous, model_bytes)
+        problem = free_space_problem(self.out_dir, needed, shutil.disk_usage(self.out_dir).free)
+        if problem:
+            raise CheckpointSaveError(f"{problem}; the earlier checkpoints in {self.out_dir} are intact; free some "
+                                      f"space, then continue with --resume")
+
+    def save_for_stop(self, runner) -> str:
+        """Save at this iteration boundary for a stop request (SIGTERM/SIGINT), unless the
+        regular schedule has just saved it. Epoch-based runs get ``iter_N.pth``: MMEngine 0.10.7
+        resumes them at the start of the interrupted epoch, with the iteration count kept."""
+        step = runner.iter + 1
+        if not self.by_epoch:
+            if self.last_ckpt == self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step)):
+                return self.last_ckpt
+            self._save_checkpoint(runner)
+            return self.last_ckpt
+        filename = f"iter_{step}.pth"
+        path = self.save_checkpoint_file(runner, filename, dict(epoch=runner.epoch, iter=step), by_epoch=False)
+        self.last_ckpt = path
+        return path

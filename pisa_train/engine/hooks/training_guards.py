@@ -1,0 +1,161 @@
+"""Stop training cleanly: on SIGTERM/SIGINT with a checkpoint, and on a NaN/Inf loss without one.
+
+MMEngine 0.10.7 installs no signal handlers, so a scheduler's SIGTERM (SLURM
+preemption, ``docker stop``, Kubernetes) or a Ctrl-C ends a run wherever it is
+and loses everything since the last scheduled checkpoint. ``StopOnSignalHook``
+turns the first SIGTERM or SIGINT into a request: the current iteration
+finishes, a checkpoint is saved (by ``AtomicCheckpointHook``) and the command
+exits with ``exit_codes.STOPPED_AND_SAVED``; ``--resume`` continues from there.
+A second signal stops at once (exit code 130). The handlers are installed in
+``before_train``, before the dataloader forks its workers: forked workers
+inherit them, so a Ctrl-C sent to the whole process group does not kill the
+workers under the main process while it finishes the iteration.
+
+MMEngine also trains on through a NaN or Inf loss (the parameters become NaN and
+every later checkpoint is worthless). ``NonFiniteLossHook`` checks each
+iteration's loss terms before the checkpoint hook runs. The config setting
+``nonfinite_loss`` chooses what happens: ``'stop'`` (the default) ends the run
+with a message naming the iteration and the loss term, so the last checkpoint
+is the last good one; ``'skip'`` drops that step (no backward, no update) and
+goes on, and still stops after ``MAX_SKIPS_IN_A_ROW`` such steps in a row.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+
+from mmengine.hooks import Hook
+
+from pisa_train.engine.patches.skip_nonfinite_updates import skip_nonfinite_updates
+from pisa_train.errors import ConfigError, NonFiniteLossError, TrainingStopped
+
+MAX_SKIPS_IN_A_ROW = 10
+NONFINITE_ACTIONS = ("stop", "skip")  # the values of the config setting nonfinite_loss
+
+
+def check_nonfinite_action(action) -> str:
+    if action not in NONFINITE_ACTIONS:
+        raise ConfigError(f"nonfinite_loss must be one of {', '.join(map(repr, NONFINITE_ACTIONS))}, "
+                          f"not {action!r}")
+    return action
+
+
+def nonfinite_terms(log_vars: dict) -> list[tuple[str, float]]:
+    """The loss terms (and the total, 'loss') of one iteration that are NaN or Inf, terms first."""
+    bad = []
+    for name, value in (log_vars or {}).items():
+        if "loss" not in name:
+            continue
+        try:
+            number = float(value.detach() if hasattr(value, "detach") else value)
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(number):
+            bad.append((name, number))
+    return sorted(bad, key=lambda item: item[0] == "loss")
+
+
+def describe_nonfinite(iteration: int, bad: list[tuple[str, float]]) -> str:
+    named = ", ".join(f"'{name}' is {value}" for name, value in bad)
+    return f"iteration {iteration}: loss term {named}"
+
+
+def _on_any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any process: every rank must stop at the same iteration, or the
+    others wait forever in the next all-reduce."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    from mmengine.dist import get_comm_device
+
+    value = torch.tensor([int(flag)], device=get_comm_device(None))
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class NonFiniteLossHook(Hook):
+    # Above the checkpoint hook (VERY_LOW) so that a step with a NaN loss is never saved.
+    priority = "ABOVE_NORMAL"
+
+    def __init__(self, action: str = "stop"):
+        self.action = check_nonfinite_action(action)
+        self.skips_in_a_row = 0
+
+    def before_train(self, runner) -> None:
+        if self.action == "skip":
+            skip_nonfinite_updates(runner.optim_wrapper)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        bad = nonfinite_terms(outputs)
+        if not _on_any_rank(bool(bad)):
+            self.skips_in_a_row = 0
+            return
+        bad = bad or [("loss", float("nan"))]  # finite here, not on another process
+        what = describe_nonfinite(runner.iter + 1, bad)
+        last = runner.message_hub.get_info("last_ckpt") or "none saved yet"
+        if self.action == "skip":
+            self.skips_in_a_row += 1
+            if self.skips_in_a_row < MAX_SKIPS_IN_A_ROW:
+                runner.logger.warning(f"{what}; step skipped (nonfinite_loss='skip')")
+                return
+            raise NonFiniteLossError(f"{what}, the {MAX_SKIPS_IN_A_ROW}th non-finite loss in a row; training "
+                                     f"stopped; the last checkpoint is {last}; lower the learning rate or add "
+                                     f"gradient clipping (optim_wrapper.clip_grad)")
+        raise NonFiniteLossError(f"{what}; training stopped, and this step was not saved: the last good checkpoint "
+                                 f"is {last}; lower the learning rate or add gradient clipping "
+                                 f"(optim_wrapper.clip_grad), or set nonfinite_loss='skip' "
+                                 f"(--cfg-options nonfinite_loss=skip) to skip such steps")
+
+
+class StopOnSignalHook(Hook):
+    # Below the checkpoint hook, so that a scheduled save of this iteration comes first and is reused.
+    priority = "LOWEST"
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        self.requested = None  # the name of the first signal received
+        self._previous = {}
+
+    def before_train(self, runner) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only
+        for name in self.SIGNALS:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            self.restore()
+            raise KeyboardInterrupt(f"second {name}")
+        self.requested = name
+        # print, not the logger: a handler may run while the logger holds its lock.
+        print(f"[pisa-train] {name} received: saving a checkpoint after this iteration, then stopping "
+              f"(send it again to stop at once, without saving)", flush=True)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if not _on_any_rank(self.requested is not None):
+            return
+        self.requested = self.requested or "a signal to another process"
+        from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
+
+        savers = [hook for hook in runner.hooks if isinstance(hook, AtomicCheckpointHook)]
+        if not savers:
+            raise TrainingStopped(f"stopped by {self.requested} after iteration {runner.iter + 1}, without a "
+                                  f"checkpoint: the config has no AtomicCheckpointHook")
+        path = savers[0].save_for_stop(runner)
+        self.restore()
+        raise TrainingStopped(f"stopped by {self.requested} after iteration {runner.iter + 1}; checkpoint saved "
+                              f"to {path}; continue with --resume")
+
+    def after_train(self, runner) -> None:
+        self.restore()

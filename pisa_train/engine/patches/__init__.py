@@ -1,0 +1,20 @@
+"""Every change pisa-train makes to the behaviour of mmengine, mmdet, mmcv or torch, one module each.
+
+Each module says at its top which upstream version and code it changes, why
+(with the upstream issue where there is one), and which test fails if upstream
+changes that behaviour (the ``test_upstream_*`` / ``test_mmcv_*`` guard tests):
+
+* checkpoint_loading.py: weights-only loading of every checkpoint, with an allowlist of
+  what mmengine's training checkpoints hold (mmengine 0.10.7, open-mmlab/mmengine#1655).
+* torchvision_nms.py: mmcv's NMS kernel answered by torchvision's (``--ops-backend``).
+* distributed_on_cpu.py: ``--launcher pytorch|slurm|mpi`` on CPUs with gloo.
+* skip_nonfinite_updates.py: ``nonfinite_loss='skip'`` drops the optimizer step.
+* console_streams.py: the run's console output written above the progress bar.
+
+Not here: hooks/atomic_checkpoint.py overrides a private method of mmengine's
+CheckpointHook, but in a subclass that only configs naming it use (its guard test
+is tests/test_checkpoint_saving.py::test_upstream_deletes_the_oldest_checkpoint_first_and_writes_in_place).
+
+engine/runner.py applies them before it builds a Runner; nothing here is applied
+by importing it.
+"""

@@ -1,0 +1,187 @@
+"""Hand a finished config to MMEngine: build the Runner and train or test; load a detector.
+
+Everything that decides *what* runs lives in the config (config/build.py); this
+module prepares what the config names (the demo's synthetic data), says what
+the run will do, applies pisa-train's patches and registers its hooks
+(``install_into_mmengine``, the one place for both), and starts MMEngine.
+pisa-infer's ``load_detector`` builds the model without a Runner but loads its
+checkpoint through the same weights-only loader and the same fit check.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from typing import Callable
+
+from pisa_train.data.presence import check_dataset_present, dataset_classes, innermost_dataset
+from pisa_train.data.synthetic_shapes import ensure_synthetic_dataset
+from pisa_train.errors import CheckpointError
+
+Say = Callable[[str], None]
+
+
+def prepare_datasets(cfg, dataloader_keys, say: Say) -> None:
+    note = ensure_synthetic_dataset(cfg)
+    if note:
+        say(note)
+    check_dataset_present(cfg, dataloader_keys)
+
+
+# What each launcher tells its processes before MMEngine starts the process group: torchrun (and
+# --nproc) RANK and WORLD_SIZE, srun SLURM_PROCID and SLURM_NTASKS (mmengine, or distributed_on_cpu,
+# turns them into RANK and WORLD_SIZE later), mpirun (Open MPI) OMPI_COMM_WORLD_RANK and _SIZE.
+_LAUNCHER_VARIABLES = {"pytorch": ("RANK", "WORLD_SIZE"), "slurm": ("SLURM_PROCID", "SLURM_NTASKS"),
+                       "mpi": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")}
+
+
+def _from_launcher(cfg, which: int, default: int) -> int:
+    """Rank (which=0) or world size (which=1) of a distributed run: the launcher's variable, which
+    mmengine copies into RANK and WORLD_SIZE (and so overrides a stale one), else those."""
+    launcher = cfg.get("launcher", "none")
+    if launcher == "none":
+        return default
+    value = os.environ.get(_LAUNCHER_VARIABLES[launcher][which]) or os.environ.get(("RANK", "WORLD_SIZE")[which])
+    return int(value) if value else default
+
+
+def launched_rank(cfg) -> int:
+    """This process's rank in the run, as its launcher gives it (0 when not distributed)."""
+    return _from_launcher(cfg, 0, 0)
+
+
+def launched_world_size(cfg) -> int:
+    """The number of processes of the run, as its launcher gives it (1 when not distributed)."""
+    return _from_launcher(cfg, 1, 1)
+
+
+def describe_run(cfg, device: str) -> list[str]:
+    """What the run will do, in the words of its config, logged before it starts."""
+    lines = [f"config: {cfg.filename}", f"work dir: {osp.abspath(cfg.work_dir)}",
+             f"device: {device}, launcher: {cfg.get('launcher', 'none')}, "
+             f"RoIAlign and NMS kernels: {cfg.get('ops_backend') or 'as the config sets them (mmcv NMS)'}"]
+    train_loader = cfg.get("train_dataloader") or {}
+    dataset = innermost_dataset(train_loader.get("dataset")) or {}
+    classes = (dataset.get("metainfo") or {}).get("classes")
+    bbox_head = cfg.model.get("roi_head", {}).get("bbox_head", {})
+    lines.append(f"train data: {dataset.get('type')} at {dataset.get('data_root')} ({dataset.get('ann_file')}); "
+                 f"classes: {', '.join(classes) if classes else 'from the annotation file'}; "
+                 f"num_classes: {bbox_head.get('num_classes')}")
+    lr = cfg.optim_wrapper.get("optimizer", {}).get("lr")
+    scale = cfg.get("auto_scale_lr") or {}
+    # MMEngine scales the learning rate by world size x batch per process / base_batch_size
+    # when auto_scale_lr is enabled.
+    world_size = launched_world_size(cfg)
+    batch = train_loader.get("batch_size")
+    total = batch * world_size if isinstance(batch, int) else None
+    if scale.get("enable") and total and lr is not None:
+        lr_note = (f"{lr * total / scale['base_batch_size']:g} (the config's {lr:g} x total batch {total} / "
+                   f"{scale['base_batch_size']}, --auto-scale-lr)")
+    else:
+        lr_note = f"{lr}"
+    lines.append(f"world size: {world_size}; batch size per process: {batch}; total batch size: {total}; "
+                 f"learning rate: {lr_note}; optimizer wrapper: {cfg.optim_wrapper.get('type')}")
+    loop = cfg.train_cfg
+    length = (f"{loop.get('max_iters')} iterations" if "max_iters" in loop
+              else f"{loop.get('max_epochs')} epochs")
+    lines.append(f"schedule: {loop.get('type')}, {length}")
+    if cfg.get("resume"):
+        lines.append(f"resuming from {cfg.get('load_from') or 'the newest checkpoint in the work dir'}")
+    return lines
+
+
+def install_into_mmengine(cfg, trusted_checkpoints=(), say: Say = print) -> None:
+    """pisa-train's hooks registered and its patches applied (engine/hooks/, engine/patches/), for ``cfg``."""
+    from pisa_train.engine.hooks import register_hooks
+    from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading
+    from pisa_train.engine.patches.distributed_on_cpu import init_process_group_on_cpu, register_cpu_model_wrapper
+    from pisa_train.engine.patches.torchvision_nms import install_ops_backend
+
+    register_hooks()
+    register_cpu_model_wrapper()
+    guard_checkpoint_loading(trusted_checkpoints, say)
+    install_ops_backend(cfg)  # NMS on torchvision's kernels when the config says so
+    init_process_group_on_cpu(cfg)  # before the Runner: mmengine 0.10.7's own init needs a GPU
+
+
+def build_runner(cfg, trusted_checkpoints=(), say: Say = print):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    install_into_mmengine(cfg, trusted_checkpoints, say)
+    if "runner_type" in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def run_training(cfg, trusted_checkpoints=(), say: Say = print) -> None:
+    from pisa_train.engine.patches.checkpoint_loading import trust_checkpoints
+    from pisa_train.engine.resume import resolve_auto_resume
+
+    trust_checkpoints(trusted_checkpoints)  # before resolve_auto_resume loads any of them
+    cfg = resolve_auto_resume(cfg, say)
+    runner = build_runner(cfg, trusted_checkpoints, say)
+    try:
+        runner.train()
+    except Exception as error:
+        from pisa_train.fetch.weights import weights_download_failure
+
+        problem = weights_download_failure(cfg, error)
+        if problem is not None:
+            raise problem from error
+        raise
+    finally:
+        restore_hooks(runner)
+
+
+def restore_hooks(runner) -> None:
+    """A failed run leaves no signal handler behind (in-process callers, tests) and no progress bar
+    over its error message: MMEngine calls after_run only when a run succeeds."""
+    from pisa_train.engine.hooks import ProgressBarHook, StopOnSignalHook
+
+    for hook in runner.hooks:
+        if isinstance(hook, (StopOnSignalHook, ProgressBarHook)):
+            hook.restore()
+
+
+def run_testing(cfg, trusted_checkpoints=(), say: Say = print) -> dict:
+    runner = build_runner(cfg, trusted_checkpoints, say)
+    try:
+        return runner.test()
+    finally:
+        restore_hooks(runner)
+
+
+def load_detector(cfg, checkpoint: str, device: str, trusted_checkpoints=(), say: Say = print):
+    """The config's model with ``checkpoint``'s weights, in eval mode on ``device``, without a Runner:
+    read weights-only and refused if it does not fit, as pisa-eval reads it (mmdet's
+    ``init_detector`` alone would accept weights of another shape with a warning)."""
+    from mmdet.apis import init_detector
+    from mmengine.runner import load_state_dict
+
+    from pisa_train.engine.hooks.checkpoint_compatibility import MODULE_PREFIX, refuse_mismatched_checkpoint
+    from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading, load_checkpoint_file
+    from pisa_train.engine.patches.torchvision_nms import install_ops_backend
+
+    if not osp.isfile(checkpoint):
+        raise CheckpointError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "
+                              f"pisa-train (work_dirs/<config>/epoch_N.pth or iter_N.pth)")
+    guard_checkpoint_loading(trusted_checkpoints, say)
+    install_ops_backend(cfg)
+    cfg = cfg.copy()
+    cfg.model.backbone.init_cfg = None  # the checkpoint holds the backbone: no ImageNet download
+    import warnings
+
+    with warnings.catch_warnings():  # "checkpoint is None, use COCO classes": the classes are set below
+        warnings.filterwarnings("ignore", message="checkpoint is None")
+        model = init_detector(cfg, checkpoint=None, device="cpu", palette="none")
+    state = load_checkpoint_file(checkpoint, map_location="cpu")
+    refuse_mismatched_checkpoint(model, state, checkpoint)
+    weights = {MODULE_PREFIX.sub("", key): value for key, value in state.get("state_dict", state).items()}
+    load_state_dict(model, weights, strict=False)  # shapes and keys were checked above
+    classes = list(((state.get("meta") or {}).get("dataset_meta") or {}).get("classes") or [])
+    if not classes:  # a checkpoint without metadata: the classes of the config's test set
+        classes = dataset_classes(cfg, "test_dataloader") or []
+    if classes:
+        model.dataset_meta = {**(model.dataset_meta or {}), "classes": tuple(classes)}
+    model.cfg = cfg
+    return model.to(device).eval()

@@ -1,0 +1,84 @@
+"""Writing files so that a reader never sees half of one, and what counts as an image file.
+
+``publish_atomically`` is the one atomic write of the package: checkpoints,
+``last_checkpoint``, metrics JSON, download records and verified downloads all
+go through it. The content is written to a hidden temporary name in the same
+folder (``os.replace`` is atomic only within one filesystem), fsynced, and
+renamed over the final name; the folder is fsynced so that the rename itself
+survives a power cut. A kill at any moment leaves the old file or the complete
+new one, and at worst a hidden ``.NAME.tmp-PID`` that ``remove_stale_temp_files``
+clears.
+"""
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+import re
+from typing import Callable
+
+# What pisa-train treats as an image file (pisa-infer's folders, error messages about images).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+TEMP_NAME = re.compile(r"^\..+\.tmp-\d+$")
+
+
+def temp_path_for(path: str | os.PathLike) -> str:
+    """A hidden name in the same folder, which no checkpoint glob (*.pth) matches."""
+    folder, name = osp.split(os.fspath(path))
+    return osp.join(folder, f".{name}.tmp-{os.getpid()}")
+
+
+def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    fd = os.open(os.fspath(path), os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """``write(temp_path)``, then make it durable and give it its final name in one step:
+    readers see the old file or the complete new one, never a part."""
+    path = os.fspath(path)
+    temp = temp_path_for(path)
+    try:
+        write(temp)
+        fsync_path(temp)  # fsync through any descriptor flushes the file's data
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_path(osp.dirname(path) or ".", directory=True)  # makes the rename itself durable
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    def write(temp: str) -> None:
+        with open(temp, "w") as file:
+            file.write(text)
+
+    publish_atomically(path, write)
+
+
+def write_json_atomically(path: str | os.PathLike, data, **dump_options) -> None:
+    """``data`` as JSON (indented, ending in a newline), atomically; creates the folder."""
+    os.makedirs(osp.dirname(os.fspath(path)) or ".", exist_ok=True)
+    write_text_atomically(path, json.dumps(data, **{"indent": 2, **dump_options}) + "\n")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[str]:
+    """Temporary files of writes that a kill interrupted; never finished files."""
+    removed = []
+    if not osp.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if TEMP_NAME.match(name):
+            try:
+                os.unlink(osp.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed

@@ -1,0 +1,52 @@
+"""The package's folders are its layers, and imports go only downward (pyproject.toml's
+[tool.importlinter] contracts, checked by import-linter); each console command is about a screen."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def lint_imports(package_parent: Path) -> subprocess.CompletedProcess:
+    """import-linter with the project's contracts, on the package found under ``package_parent``."""
+    return subprocess.run([str(LINT_IMPORTS), str(REPO_ROOT / "pyproject.toml"), "--no-cache"],
+                          cwd=package_parent, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(package_parent), "PATH": "/usr/bin:/bin"})
+
+
+def test_the_layers_import_only_downward():
+    result = lint_imports(REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "Contracts: 3 kept, 0 broken." in result.stdout
+
+
+@pytest.mark.parametrize("lower, upper, contract", [
+    ("data/presence.py", "pisa_train.cli.train", "layers import only downward"),
+    ("engine/runner.py", "pisa_train.config.build", "layers import only downward"),
+    ("fetch/http.py", "pisa_train.results.coco_metrics", "layers import only downward"),
+    ("terminal.py", "pisa_train.engine.runner", "the base modules import no layer"),
+    ("engine/patches/console_streams.py", "pisa_train.engine.hooks.progress_bar", "inside the engine"),
+])
+def test_an_upward_import_breaks_a_contract(tmp_path, lower, upper, contract):
+    copy = tmp_path / "pisa_train"
+    shutil.copytree(REPO_ROOT / "pisa_train", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    module = copy / lower
+    module.write_text(module.read_text() + f"\n\ndef _upward():\n    import {upper}  # noqa: F401\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:]
+    broken = " ".join(result.stdout.split("Broken contracts")[-1].split())  # unwrapped
+    assert contract in broken and f"{lower[:-3].replace('/', '.')} -> {upper}" in broken, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("module", sorted(path.name for path in (REPO_ROOT / "pisa_train" / "cli").glob("*.py")))
+def test_each_console_command_is_about_a_screen(module):
+    lines = (REPO_ROOT / "pisa_train" / "cli" / module).read_text().splitlines()
+    assert len(lines) <= 120, f"pisa_train/cli/{module} has {len(lines)} lines; move what is not the command's " \
+                              f"own to config/, engine/ or results/"
