@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from pisa_train.config.settings import KNOWN_TOP_LEVEL_SETTINGS
+from pisa_train.config.settings import KNOWN_TOP_LEVEL_SETTINGS, class_built_by, takes_a_dict
 from pisa_train.errors import ConfigError
 
 
@@ -46,8 +46,9 @@ def parse_cfg_options(items: list[str] | None, flag: str = "--cfg-options") -> d
 def load_config(config_path: str, cfg_options: dict | None = None, new_keys: dict | None = None):
     """``Config.fromfile`` plus the overrides, or a ConfigError that says what is wrong.
 
-    ``cfg_options`` (--cfg-options) may only change keys the config has; ``new_keys``
-    (--cfg-add) may also add keys, because the user said so."""
+    ``cfg_options`` (--cfg-options) may only change keys the config has, or set parameters
+    of the classes its dicts build (``default_hooks.checkpoint.max_keep_ckpts``); ``new_keys``
+    (--cfg-add) may also add other keys, because the user said so."""
     from mmengine.config import Config
 
     path = Path(config_path)
@@ -84,7 +85,7 @@ def _missing_config_message(path: Path) -> str:
     return f"config file {path} not found; pass the path of an MMDetection config, e.g. configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
 
 
-def _child(node, segment: str):
+def entry_at(node, segment: str):
     """(True, value) if ``segment`` names an entry of ``node`` (a dict key, or a list index
     as mmengine's merge_from_dict accepts them), else (False, None)."""
     if isinstance(node, dict):
@@ -111,49 +112,119 @@ def config_key_paths(node, prefix: str = "") -> list[str]:
     return paths
 
 
-def unknown_key_message(cfg_dict: dict, key: str) -> str | None:
-    """None if ``key`` names a setting the config has (or one MMEngine or pisa-train gives a
-    default), else the one-line refusal, with the closest keys the config does have."""
+def unknown_key_message(cfg_dict: dict, key: str, built_class=class_built_by) -> str | None:
+    """None if ``key`` names a setting the config has, one MMEngine or pisa-train gives a default,
+    or a parameter of the class that the enclosing dict builds (``built_class``: config/settings.py);
+    else the one-line refusal, with the closest keys of the config and parameters of its classes."""
     segments = key.split(".")
     if segments[0] not in cfg_dict and segments[0] in KNOWN_TOP_LEVEL_SETTINGS:
         return None
-    node, found_depth = cfg_dict, 0
+    nodes = [cfg_dict]  # nodes[i]: the value at segments[:i]
     for segment in segments:
-        found, node = _child(node, segment)
+        found, node = entry_at(nodes[-1], segment)
         if not found:
             break
-        found_depth += 1
+        nodes.append(node)
     else:
         return None
-    parent_path = ".".join(segments[:found_depth])
-    where = f" (there is no '{segments[found_depth]}' under '{parent_path}')" if found_depth else ""
-    # Compare whole paths of the same depth: a typo anywhere in a long key still scores high.
-    same_depth = [path for path in config_key_paths(cfg_dict) if path.count(".") == key.count(".")]
-    if "." not in key:
-        same_depth += [name for name in KNOWN_TOP_LEVEL_SETTINGS if name not in cfg_dict]
-    close = _closest(key, same_depth)
-    if close:
-        hint = "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
-    else:
-        parent = cfg_dict
-        for segment in segments[:found_depth]:
-            _, parent = _child(parent, segment)
-        names = [str(name) for name in parent] if isinstance(parent, dict) else []
-        hint = (f"'{parent_path or 'the config'}' has: {', '.join(names[:15])}{', ...' if len(names) > 15 else ''}"
-                if names else f"'{parent_path}' is {type(parent).__name__ if parent is not None else 'None'} "
-                              f"in the config, so it has no '{segments[found_depth]}'")
-    return (f"--cfg-options '{key}' is not in the config{where}; {hint} "
+    depth = len(nodes) - 1  # the first segment the config does not have
+    missing, parent_path, scope = segments[depth], ".".join(segments[:depth]), cfg_dict.get("default_scope")
+    owner = built_class(nodes[depth], parent_path, scope) if depth else None
+    parameter = owner.parameters.get(missing) if owner else None
+    if parameter is not None:
+        if depth == len(segments) - 1 or takes_a_dict(parameter):
+            return None  # a parameter left at its default, or anything inside a dict-valued one
+        return (f"--cfg-options '{key}' is not in the config: '{parent_path}.{missing}' is a parameter of "
+                f"{owner.name} whose value is not a dict ({_type_name(parameter.annotation)}), so it has no "
+                f"'{segments[depth + 1]}'; set '{parent_path}.{missing}' itself")
+    if owner is None and depth >= 2 and _inside_dict_parameter(nodes[depth], segments[:depth], nodes[depth - 1],
+                                                                 scope, built_class):
+        return None
+    where = (f" (there is no '{missing}' under '{parent_path}'"
+             f"{f', and {owner.name} takes no parameter {missing!r}' if owner else ''})" if depth else "")
+    return (f"--cfg-options '{key}' is not in the config{where}; "
+            f"{_hint(cfg_dict, segments, depth, nodes[depth], owner, scope, built_class)} "
             f"(to add a new key on purpose, pass it with --cfg-add {key}=VALUE)")
 
 
-def _closest(key: str, candidates: list[str], cutoff: float = 0.8) -> list[str]:
-    """The candidates most like ``key`` (ties included), as difflib.get_close_matches scores them;
+def _hint(cfg_dict: dict, segments: list[str], depth: int, parent, owner, scope, built_class) -> str:
+    """The closest keys of the config and parameters of its classes; else what ``parent`` (the
+    value at ``segments[:depth]``, the deepest the key reaches) has, and what its class takes."""
+    key, parent_path = ".".join(segments), ".".join(segments[:depth])
+    # Compare whole paths of the same depth: a typo anywhere in a long key still scores high.
+    same_depth = [path for path in config_key_paths(cfg_dict) if path.count(".") == key.count(".")]
+    same_depth += _parameter_paths(cfg_dict, key.count(".") - 1, scope, built_class)
+    if owner is not None:
+        rest = "".join(f".{segment}" for segment in segments[depth + 1:])
+        same_depth += [f"{parent_path}.{name}{rest}" for name in owner.parameters]
+    if "." not in key:
+        same_depth += [name for name in KNOWN_TOP_LEVEL_SETTINGS if name not in cfg_dict]
+    close = closest_keys(key, list(dict.fromkeys(same_depth)))
+    if close:
+        return "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    names = [str(name) for name in parent] if isinstance(parent, dict) else []
+    hint = (f"'{parent_path or 'the config'}' has: {_some(names)}" if names
+            else f"'{parent_path}' is {type(parent).__name__ if parent is not None else 'None'} "
+                 f"in the config, so it has no '{segments[depth]}'")
+    if owner is not None:
+        hint += f"; {owner.name} also takes: {_some([name for name in owner.parameters if name not in names])}"
+    return hint
+
+
+def _type_name(annotation) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _some(names: list[str], shown: int = 15) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def _inside_dict_parameter(node, segments: list[str], parent, scope, built_class) -> bool:
+    """Whether ``node`` (a dict without a type of its own) is the value of a dict-valued parameter
+    of the class its parent builds (``optim_wrapper.clip_grad``): its keys are that class's business."""
+    if not isinstance(node, dict) or "type" in node:
+        return False
+    owner = built_class(parent, ".".join(segments[:-1]), scope)
+    parameter = owner.parameters.get(segments[-1]) if owner else None
+    return parameter is not None and takes_a_dict(parameter)
+
+
+def _parameter_paths(cfg_dict: dict, depth: int, scope, built_class) -> list[str]:
+    """'<path>.<parameter>' for each dict at ``depth`` (dots in its path) that builds a class."""
+    if depth < 1:
+        return []
+    paths = []
+    for path in config_key_paths(cfg_dict):
+        if path.count(".") != depth:
+            continue
+        node = cfg_dict
+        for segment in path.split("."):
+            node = entry_at(node, segment)[1]
+        owner = built_class(node, path, scope) if isinstance(node, dict) else None
+        paths += [f"{path}.{name}" for name in owner.parameters] if owner else []
+    return paths
+
+
+def closest_keys(key: str, candidates: list[str], cutoff: float = 0.8) -> list[str]:
+    """The candidates most like ``key`` (ties included), as difflib.get_close_matches scores them,
+    among those whose part after the segments they share is alike too ('max_keep_ckpt' and
+    'max_keep_ckpts', not 'zzzz' and 'rule' under the same long 'default_hooks.checkpoint');
     only the best, since the runners-up of a long dotted key are mostly noise."""
+    def alike(first: str, second: str) -> float:
+        matcher = difflib.SequenceMatcher(None, first, second)
+        ok = matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff
+        return matcher.ratio() if ok else 0.0
+
+    key_segments = key.split(".")
     scored = []
     for candidate in candidates:
-        matcher = difflib.SequenceMatcher(None, key, candidate)
-        if matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff and matcher.ratio() >= cutoff:
-            scored.append((matcher.ratio(), candidate))
+        segments = candidate.split(".")
+        shared = 0
+        while shared < min(len(segments), len(key_segments)) - 1 and segments[shared] == key_segments[shared]:
+            shared += 1
+        score = alike(key, candidate)
+        if score >= cutoff and alike(".".join(key_segments[shared:]), ".".join(segments[shared:])) >= cutoff:
+            scored.append((score, candidate))
     if not scored:
         return []
     best = max(score for score, _ in scored)
@@ -161,8 +232,9 @@ def _closest(key: str, candidates: list[str], cutoff: float = 0.8) -> list[str]:
 
 
 def check_cfg_option_keys(cfg, options: dict) -> None:
-    """Refuse a --cfg-options key that the config does not have: mmengine's merge would add
-    it silently, so a typo (model.roi_hed...) would train the unchanged config."""
+    """Refuse a --cfg-options key that is neither in the config nor a parameter of the class its
+    dict builds: mmengine's merge would add it silently, so a typo (model.roi_hed...) would
+    train the unchanged config."""
     cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     for key in options:
         message = unknown_key_message(cfg_dict, key)
