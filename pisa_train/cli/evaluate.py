@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import add_config_overrides, add_run_options, run_command
+from pisa_train.cli.options import add_config_overrides, add_print_config, add_run_options, print_config, run_command
 
 PROG = "pisa-eval"
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what computes the COCO metrics: faster-coco-eval (default; a C++ reimplementation "
                              "that gives pycocotools' numbers, faster) or pycocotools")
     add_config_overrides(parser)
+    add_print_config(parser)
     add_run_options(parser)
     return parser
 
@@ -48,6 +49,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from pisa_train.results import coco_metrics
     from pisa_train.terminal import announcer
 
+    if args.print_config is not None:
+        return print_config(PROG, args, build_test_config)
     say = announcer(PROG)
     device = choose_device(args.device)
     cfg, notes = build_test_config(args, device)

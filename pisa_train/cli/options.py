@@ -20,10 +20,31 @@ def add_config_overrides(parser: argparse.ArgumentParser, with_data: bool = True
     parser.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
                         help="override config settings, e.g. model.roi_head.bbox_head.num_classes=3 "
                              "train_dataloader.batch_size=4 (values parsed as mmengine's DictAction does); "
-                             "a key the config does not have is refused with the closest keys it has")
+                             "a key that is neither in the config nor a parameter of the class its dict builds "
+                             "(default_hooks.checkpoint.max_keep_ckpts) is refused with the closest real ones")
     parser.add_argument("--cfg-add", nargs="+", metavar="KEY=VALUE", default=[],
                         help="add settings the config does not have yet, e.g. "
                              "train_dataloader.dataset.metainfo.classes=(a,b) (as --cfg-options, without the check)")
+
+
+def add_print_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--print-config", nargs="?", const="", metavar="KEY",
+                        help="print the config as the run would hand it to MMEngine (after _base_, --cfg-options, "
+                             "--data and the flags), or only the part under KEY (e.g. model.roi_head), and stop: "
+                             "nothing is trained or written")
+
+
+def print_config(prog: str, args: argparse.Namespace, build: Callable) -> int:
+    """--print-config: ``build`` (a builder of config/build.py) makes the config the run would
+    get; it is printed in MMEngine's Python format (what --data resolved goes to stderr)."""
+    from pisa_train.config.show import render_config
+    from pisa_train.engine.device import choose_device
+
+    cfg, notes = build(args, choose_device(args.device))
+    for line in notes:
+        print(f"[{prog}] {line}", file=sys.stderr, flush=True)
+    print(render_config(cfg, args.print_config), end="", flush=True)
+    return 0
 
 
 def add_run_options(parser: argparse.ArgumentParser, launcher: bool = True, progress: bool = True) -> None:

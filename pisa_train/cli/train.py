@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import add_config_overrides, add_launch_options, add_run_options, run_command
+from pisa_train.cli.options import (add_config_overrides, add_launch_options, add_print_config, add_run_options,
+                                    print_config, run_command)
 from pisa_train.config.build import build_train_config
 from pisa_train.engine.device import choose_device
 from pisa_train.errors import UsageError
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (MMEngine's "
                         "TensorboardVisBackend, under WORK_DIR/<timestamp>/vis_data/); needs the tensorboard package")
     add_config_overrides(parser)
+    add_print_config(parser)
     add_run_options(parser)
     add_launch_options(parser)
     return parser
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             return doctor(args)
         if args.config is None:
             raise UsageError("the following arguments are required: config (or --doctor)")
+        if args.print_config is not None:
+            return print_config(PROG, args, build_train_config)
         if args.nproc is not None:
             return launch(args, sys.argv[1:] if argv is None else argv)
         return train(args)
