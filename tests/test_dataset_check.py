@@ -8,7 +8,7 @@ import pytest
 from pisa_train.cli.data import main
 from pisa_train.data.check import check_dataset, render_report
 from pisa_train.exit_codes import DATA_ERROR
-from tiny_coco import coco_dict, copy_roboflow_fixture, make_roboflow
+from tiny_coco import coco_dict, copy_roboflow_fixture, make_repacked_roboflow, make_roboflow
 
 
 def _edit_annotations(path, change):
@@ -47,8 +47,8 @@ def test_real_roboflow_export_passes(tmp_path, capsys):
 def test_missing_image(dataset):
     (dataset / "train" / "a.jpg").unlink()
     assert _messages(check_dataset(dataset)) == [
-        "train/_annotations.coco.json: image train/a.jpg not found; restore the file or remove its entry "
-        "from train/_annotations.coco.json"]
+        "train/_annotations.coco.json: 1 of 2 images are not in train/ (looked for by name, by bare file name and "
+        "in any case): a.jpg; restore them or remove their entries from train/_annotations.coco.json"]
 
 
 def test_unreadable_image(dataset):
@@ -147,3 +147,41 @@ def test_many_problems_of_one_kind_are_summarised(tmp_path):
     assert len(report.errors) == 15
     text = render_report(report, max_per_group=10)
     assert text.count("lies outside") == 10 and "and 5 more box-outside problems" in text
+
+
+def test_a_repacked_export_with_images_subfolders_passes_with_one_line_saying_where(tmp_path, capsys):
+    root = make_repacked_roboflow(tmp_path / "ds")
+    report = check_dataset(root)
+    assert report.problems == []
+    assert report.notes == [
+        "images of train/ and valid/ are in their images/ subfolders",
+        "ignored, not part of the COCO dataset: README.dataset.txt, data.yaml, train/labels/, valid/labels/"]
+    assert main(["check", str(root), "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [f"dataset {root} (Roboflow export)", *report.notes]
+    assert out[-1] == "0 errors, 0 warnings"
+
+
+def test_images_named_with_folders_not_on_disk_are_opened_where_they_are(dataset):
+    for split in ("train", "valid"):
+        _edit_annotations(dataset / split / "_annotations.coco.json", lambda data: [
+            image.update(file_name=f"export/imgs/{image['file_name']}") for image in data["images"]])
+    assert check_dataset(dataset).problems == []
+    (dataset / "train" / "a.jpg").write_bytes(b"not a jpeg")
+    [message] = _messages(check_dataset(dataset))
+    assert message.startswith("train/_annotations.coco.json: image train/a.jpg cannot be read")
+
+
+def test_images_missing_in_part_are_one_grouped_error(tmp_path, capsys):
+    names = [f"{i:02}.jpg" for i in range(15)] + [f"batch2/{i}.jpg" for i in range(5)]
+    root = make_roboflow(tmp_path / "ds", splits=("train",), data=coco_dict(image_names=names, boxes=[]))
+    for image in [*(root / "train").glob("0*.jpg"), *(root / "train" / "batch2").glob("*.jpg")]:
+        image.unlink()  # 00.jpg ... 09.jpg and all of batch2/
+    report = check_dataset(root, open_images=False)
+    assert _messages(report) == [
+        "train/_annotations.coco.json: 15 of 20 images are not in train/ (looked for by name, by bare file name "
+        "and in any case): 10 with no folder (00.jpg, 01.jpg, 02.jpg, ...); 5 named under batch2/ (batch2/0.jpg, "
+        "batch2/1.jpg, batch2/2.jpg, ...); restore them or remove their entries from train/_annotations.coco.json"]
+    assert report.splits[0].images == 20
+    assert main(["check", str(root), "--quick", "--no-progress"]) == DATA_ERROR
+    assert "errors (1):" in capsys.readouterr().out

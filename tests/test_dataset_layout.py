@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 from mmengine import Config
 
 from pisa_train.data import coco_annotations
-from pisa_train.config.dataset_folder import apply_dataset_folder
+from pisa_train.config.dataset_folder import apply_dataset_folder, use_dataset_folder
 from pisa_train.data.layout import describe_dataset, find_layout, resolve_dataset
 from pisa_train.errors import ConfigError, DataError
-from tiny_coco import ROBOFLOW_FIXTURE, coco_dict, make_coco2017, make_images_folder, make_roboflow
+from tiny_coco import (ROBOFLOW_FIXTURE, coco_dict, make_coco2017, make_images_folder, make_repacked_roboflow,
+                       make_roboflow)
 
 MMDET_STYLE_CONFIG = """
 dataset_type = 'CocoDataset'
@@ -228,3 +230,161 @@ def test_annotations_folder_with_split_named_image_folders(tmp_path):
     layout = resolve_dataset(root)
     assert {split: (files.ann_file, files.img_prefix) for split, files in layout.splits.items()} == {
         "train": ("annotations/train.json", "train/"), "val": ("annotations/val.json", "val/")}
+    assert layout.notes == ("ignored, not part of the COCO dataset: annotations/captions_train.json",)
+
+
+# Where exports put images: data/image_lookup.py, through resolve_dataset and --data.
+
+def test_images_in_an_images_subfolder_of_each_split_are_found_and_extra_files_ignored(tmp_path, config):
+    layout = resolve_dataset(make_repacked_roboflow(tmp_path / "ds"))
+    assert {split: (files.ann_file, files.img_prefix) for split, files in layout.splits.items()} == {
+        "train": ("train/_annotations.coco.json", "train/images/"),
+        "val": ("valid/_annotations.coco.json", "valid/images/")}
+    assert layout.renamed_images == {}
+    assert layout.notes == (
+        "images of train/ and valid/ are in their images/ subfolders",
+        "ignored, not part of the COCO dataset: README.dataset.txt, data.yaml, train/labels/, valid/labels/")
+    cfg, _ = apply_dataset_folder(config, layout)
+    assert cfg.train_dataloader.dataset.dataset.data_prefix == dict(img="train/images/")
+    assert cfg.val_dataloader.dataset.data_prefix == dict(img="valid/images/")
+    assert cfg.val_dataloader.dataset.ann_file == "valid/_annotations.coco.json"
+    assert "  images of train/ and valid/ are in their images/ subfolders" in describe_dataset(layout).splitlines()
+
+
+def test_one_split_in_its_images_subfolder_gets_its_own_line(tmp_path):
+    root = make_repacked_roboflow(tmp_path / "ds", splits=("train",))
+    make_roboflow(root, splits=("valid",))
+    layout = resolve_dataset(root)
+    assert layout.notes[0] == "images of train/ are in train/images/"
+    assert layout.splits["val"].img_prefix == "valid/"
+
+
+def test_a_plain_roboflow_export_says_nothing_about_its_images(tmp_path):
+    layout = resolve_dataset(make_roboflow(tmp_path / "ds"))
+    assert layout.notes == ()
+    assert layout.renamed_images == {}
+
+
+def _file_names_with(data: dict, rename) -> dict:
+    data = json.loads(json.dumps(data))
+    for image in data["images"]:
+        image["file_name"] = rename(image["file_name"])
+    return data
+
+
+@pytest.mark.parametrize("rename, how", [
+    (lambda name: f"export/imgs/{name}", "found by their bare file name, as the folders in file_name are not on "
+                                         "disk (e.g. 'export/imgs/a.jpg' is a.jpg)"),
+    (lambda name: f"C:\\Users\\me\\export\\{name}", "found by their bare file name, as the folders in file_name "
+                                                    "are not on disk (e.g. 'C:\\Users\\me\\export\\a.jpg' is a.jpg)"),
+    (str.upper, "found ignoring case (e.g. 'A.JPG' is a.jpg)"),
+])
+def test_file_names_with_folders_not_on_disk_or_in_another_case_are_found(tmp_path, config, rename, how):
+    root = make_roboflow(tmp_path / "ds", splits=("train", "valid"))  # the images are train/a.jpg, ...
+    for split in ("train", "valid"):
+        ann_file = root / split / "_annotations.coco.json"
+        ann_file.write_text(json.dumps(_file_names_with(json.loads(ann_file.read_text()), rename)))
+    layout = resolve_dataset(root)
+    assert layout.splits["train"].img_prefix == "train/"
+    assert layout.renamed_images["train"] == {rename("a.jpg"): "a.jpg", rename("b.jpg"): "b.jpg"}
+    assert layout.notes[0] == f"images of train/: 2 of 2 {how}"
+
+
+def test_data_reads_a_copy_of_the_annotation_file_with_the_names_on_disk(tmp_path, config):
+    root = make_roboflow(tmp_path / "ds", splits=("train", "valid"))
+    original = {}
+    for split in ("train", "valid"):
+        ann_file = root / split / "_annotations.coco.json"
+        original[split] = json.loads(ann_file.read_text())
+        ann_file.write_text(json.dumps(_file_names_with(original[split], lambda name: f"export/{name}")))
+    written_before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    annotations = tmp_path / "work" / "annotations"
+
+    cfg, notes = use_dataset_folder(config, root, annotations, write=False)  # what --print-config does
+    assert not annotations.exists()
+    assert cfg.train_dataloader.dataset.dataset.ann_file == str(annotations / "train.json")
+    assert cfg.val_dataloader.dataset.ann_file == str(annotations / "val.json")
+    assert cfg.val_evaluator.ann_file == str(annotations / "val.json")
+    assert cfg.val_dataloader.dataset.data_prefix == dict(img="valid/")
+    assert (f"  the train split is read from {annotations / 'train.json'}: a copy of "
+            f"train/_annotations.coco.json with the file names that are on disk") in notes
+
+    assert use_dataset_folder(config, root, annotations).cfg.to_dict() == cfg.to_dict()
+    for split, name in (("train", "train.json"), ("valid", "val.json")):
+        assert json.loads((annotations / name).read_text()) == original[split]  # the names on disk
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == written_before
+
+
+def test_images_missing_in_part_refuse_data_with_one_grouped_line(tmp_path):
+    names = [f"{i}.jpg" for i in range(6)] + [f"export/{i}.jpg" for i in range(6, 10)]
+    root = make_repacked_roboflow(tmp_path / "ds", splits=("train",), data=coco_dict(image_names=names, boxes=[]))
+    images = root / "train" / "images"
+    for image in (images / "export").iterdir():  # the export/ folder named in file_name is not on disk
+        image.rename(images / image.name)
+    (images / "export").rmdir()
+    for name in ("0.jpg", "1.jpg", "2.jpg", "3.jpg", "6.jpg", "7.jpg"):
+        (images / name).unlink()
+    with pytest.raises(DataError) as refused:
+        resolve_dataset(root)
+    assert str(refused.value) == (
+        "6 of 10 images listed in train/_annotations.coco.json are in neither train/ nor train/images/ (looked "
+        "for by name, by bare file name and in any case): 4 with no folder (0.jpg, 1.jpg, 2.jpg, ...); 2 named "
+        "under export/ (export/6.jpg, export/7.jpg); restore them or remove their entries from "
+        f"train/_annotations.coco.json (`pisa-data check {root}` lists every problem)")
+
+
+def test_two_file_names_that_find_the_same_file_are_refused(tmp_path):
+    root = make_roboflow(tmp_path / "ds", splits=("train",),
+                         data=coco_dict(image_names=("a.jpg", "b.jpg"), boxes=[]))
+    ann_file = root / "train" / "_annotations.coco.json"
+    ann_file.write_text(json.dumps(_file_names_with(json.loads(ann_file.read_text()),
+                                                    {"a.jpg": "day/a.jpg", "b.jpg": "night/a.jpg"}.get)))
+    with pytest.raises(DataError, match=r"^2 images listed in train/_annotations.coco.json name the same file in "
+                                        r"train/ as another by their bare file name or case \(day/a.jpg, "
+                                        r"night/a.jpg\); restore them"):
+        resolve_dataset(root)
+
+
+def _export_shapes(shapes: Path, root: Path, repacked: bool) -> Path:
+    """The shapes dataset as an export: Roboflow splits with their images in images/ and YOLO labels/
+    beside (``repacked``), or beside the annotation file but named with an export/ folder not on disk."""
+    import shutil
+
+    for split, folder in (("train", "train"), ("val", "valid")):
+        data = json.loads((shapes / "annotations" / f"{split}.json").read_text())
+        images = root / folder / ("images" if repacked else "")
+        images.mkdir(parents=True)
+        for image in data["images"]:
+            shutil.copy(shapes / split / image["file_name"], images / image["file_name"])
+            if repacked:
+                (root / folder / "labels").mkdir(exist_ok=True)
+                (root / folder / "labels" / f"{Path(image['file_name']).stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+            else:
+                image["file_name"] = f"export/{image['file_name']}"
+        (root / folder / "_annotations.coco.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repacked", [True, False], ids=["images-subfolders", "folders-in-file-name"])
+def test_an_export_with_images_where_exports_put_them_trains_with_data(tmp_path, shapes_dataset, run_cli, repacked):
+    from tiny_training import MODEL_OPTIONS, TRAIN_OPTIONS, tiny_demo
+
+    export = _export_shapes(shapes_dataset, tmp_path / "export", repacked)
+    work_dir = tmp_path / "work"
+    argv = tiny_demo(work_dir, 1)
+    argv = [*argv[:argv.index("--cfg-options")], "--data", str(export), "--cfg-options", "synthetic_dataset=None",
+            "model.backbone.base_channels=16", *MODEL_OPTIONS, *TRAIN_OPTIONS]
+    result = run_cli("train", argv, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (work_dir / "iter_1.pth").is_file()
+    dataset = Config.fromfile(str(work_dir / "pisa_faster_rcnn_r18_fpn_demo_shapes.py")).train_dataloader.dataset
+    if repacked:
+        assert "[pisa-train]   images of train/ and valid/ are in their images/ subfolders" in result.stdout
+        assert dataset.data_prefix == dict(img="train/images/")
+        assert dataset.ann_file == "train/_annotations.coco.json"
+    else:
+        assert "[pisa-train]   images of train/: 8 of 8 found by their bare file name" in result.stdout
+        assert dataset.data_prefix == dict(img="train/")
+        assert dataset.ann_file == str(work_dir / "annotations" / "train.json")
+    assert not (tmp_path / "data").exists()  # synthetic_dataset=None: the demo's data is not generated

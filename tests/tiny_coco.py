@@ -61,3 +61,18 @@ def make_images_folder(root: Path, json_names=("train.json", "val.json"), data: 
     for name in json_names:
         write_split(root / "images", root / name, data or coco_dict())
     return root
+
+
+def make_repacked_roboflow(root: Path, splits=("train", "valid"), data: dict | None = None) -> Path:
+    """A Roboflow export as re-packs keep it: each split's _annotations.coco.json beside an images/
+    folder and YOLO labels/, a README and a data.yaml at the top."""
+    for folder in splits:
+        split_data = data or coco_dict()
+        write_split(root / folder / "images", root / folder / "_annotations.coco.json", split_data)
+        for image in split_data["images"]:
+            label = root / folder / "labels" / (Path(image["file_name"]).stem + ".txt")
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "README.dataset.txt").write_text("exported from a re-pack\n")
+    (root / "data.yaml").write_text(f"names: [cat, dog]\nnc: 2\n")
+    return root

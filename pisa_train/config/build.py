@@ -7,6 +7,9 @@ earlier one where both set the same key:
 2. ``--cfg-options`` (keys the config has, checked) and ``--cfg-add`` (new keys);
 3. ``--data DIR``: the dataset paths, the classes and every head's ``num_classes``
    (config/dataset_folder.py), so a ``--cfg-options`` on those keys is overridden;
+   where the images are found under other names than the annotation file's, a
+   corrected copy of it is written into the work dir (step 4's work dir, decided
+   here by the same precedence) and read instead;
 4. the flags, each a pure rewrite from config/rewrites.py, in the order written
    in the builder below. Where a flag and the config both decide something, the
    flag wins; where neither does, MMDetection's default stands (the work dir:
@@ -15,10 +18,12 @@ earlier one where both set the same key:
 ``build_train_config``, ``build_test_config`` and ``build_infer_config`` are the
 builders of pisa-train, pisa-eval and pisa-infer. They read the parsed command
 line (an ``argparse.Namespace``) and return the config and the lines that say what
-``--data`` resolved; they start nothing.
+``--data`` resolved; they start nothing. With ``--print-config`` they write nothing
+either: the config names the corrected annotation copies of step 3 all the same.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 from pisa_train.config import rewrites as rewrite
@@ -40,7 +45,9 @@ def load_with_overrides(args) -> BuiltConfig:
         return BuiltConfig(cfg, [])
     from pisa_train.config.dataset_folder import use_dataset_folder
 
-    return BuiltConfig(*use_dataset_folder(cfg, args.data))
+    work_dir = rewrite.apply_work_dir(cfg, getattr(args, "work_dir", None), args.config).work_dir
+    return BuiltConfig(*use_dataset_folder(cfg, args.data, os.path.join(work_dir, "annotations"),
+                                           write=getattr(args, "print_config", None) is None))
 
 
 def _run_on(cfg, args, device: str, kernels):

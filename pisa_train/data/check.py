@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from pisa_train.data.coco_annotations import load_annotation_file, synthetic_root_categories
-from pisa_train.data.layout import LAYOUT_NAMES, SPLITS, FolderLayout, find_layout
+from pisa_train.data.coco_annotations import image_file_names, load_annotation_file, synthetic_root_categories
+from pisa_train.data.image_lookup import ImageLocation, describe_ignored, describe_locations
+from pisa_train.data.layout import LAYOUT_NAMES, SPLITS, FolderLayout, find_layout, ignored_beside, locate_split_images
 from pisa_train.errors import DataError
 from pisa_train.terminal import ProgressReporter
 
@@ -51,6 +52,7 @@ class DatasetReport:
     root_categories: list[str] = field(default_factory=list)
     splits: list[SplitReport] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # where the images are, what is ignored
 
     @property
     def errors(self) -> list[Problem]:
@@ -74,10 +76,11 @@ def _open_image(path: Path) -> tuple[int, int]:
     return size
 
 
-def _check_split(layout: FolderLayout, split: str, data: dict, report: DatasetReport, split_report: SplitReport,
-                 open_images: bool, progress: bool, output: TextIO) -> None:
+def _check_split(layout: FolderLayout, split: str, data: dict, location: ImageLocation, report: DatasetReport,
+                 split_report: SplitReport, open_images: bool, progress: bool, output: TextIO) -> None:
     files = layout.splits[split]
     ann = files.ann_file
+    unresolved = set(location.unresolved)  # reported once, grouped (check_dataset)
     problems = report.problems
     category_names = {category["id"]: category["name"] for category in data["categories"]}
 
@@ -92,12 +95,11 @@ def _check_split(layout: FolderLayout, split: str, data: dict, report: DatasetRe
                                     f"images[{index - 1}] has no 'id' or 'file_name'; fix or remove the entry"))
             continue
         images[image["id"]] = image
-        path = layout.data_root / files.img_prefix / image["file_name"]
-        shown = f"{files.img_prefix}{image['file_name']}"
-        if not path.is_file():
-            problems.append(Problem(ERROR, "missing-image", ann,
-                                    f"image {shown} not found; restore the file or remove its entry from {ann}"))
+        if image["file_name"] in unresolved:
             continue
+        found = location.renamed.get(image["file_name"], image["file_name"])
+        path = layout.data_root / location.folder / found
+        shown = f"{location.folder}{found}"
         if open_images:
             try:
                 actual = _open_image(path)
@@ -180,7 +182,17 @@ def check_dataset(path: str | Path, *, open_images: bool = True, progress: bool 
         if not (layout.data_root / files.img_prefix).is_dir():
             report.problems.append(Problem(ERROR, "missing-image-folder", files.ann_file,
                                            f"image folder {files.img_prefix} not found; restore it"))
-        _check_split(layout, split, loaded[split], report, split_report, open_images, progress, output)
+    file_names = {split: image_file_names(data["images"]) for split, data in loaded.items()}
+    locations = locate_split_images(FolderLayout(layout.data_root, layout.kind,
+                                                 {split: layout.splits[split] for split in loaded}), file_names)
+    report.notes = describe_locations(locations) + [line for line in [describe_ignored(
+        ignored_beside(layout, locations))] if line]
+    for split_report in report.splits:
+        split, location = split_report.split, locations[split_report.split]
+        if location.unresolved:
+            report.problems.append(Problem(ERROR, "missing-image", split_report.ann_file,
+                                           location.missing_message(split_report.ann_file, name_the_file=False)))
+        _check_split(layout, split, loaded[split], location, report, split_report, open_images, progress, output)
 
     if not loaded:
         return report
@@ -229,7 +241,7 @@ def _table(rows: list[list[str]], right_aligned_from: int) -> list[str]:
 
 def render_report(report: DatasetReport, max_per_group: int = 10) -> str:
     """The report as plain text: split table, class table, problems, verdict."""
-    lines = [f"dataset {report.data_root} ({LAYOUT_NAMES.get(report.kind, report.kind)})", ""]
+    lines = [f"dataset {report.data_root} ({LAYOUT_NAMES.get(report.kind, report.kind)})", *report.notes, ""]
     rows = [["split", "annotation file", "images", "boxes"]]
     rows += [[s.split, s.ann_file, str(s.images), str(s.boxes)] for s in report.splits]
     lines += _table(rows, right_aligned_from=2)

@@ -53,15 +53,30 @@ def read_categories(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.stat().st_size <= _FULL_PARSE_LIMIT_BYTES:
         return load_annotation_file(path)["categories"]
-    categories = _categories_without_full_parse(path)
+    categories = _list_without_full_parse(path, "categories", ("id", "name"))
     return categories if categories is not None else load_annotation_file(path)["categories"]
 
 
-def _categories_without_full_parse(path: Path) -> list[dict] | None:
-    """Decode only the list after a ``"categories":`` key; None when that is not conclusive."""
+def read_image_file_names(path: str | Path) -> list[str]:
+    """The ``file_name`` of each entry of ``images`` that has one, in file order."""
+    path = Path(path)
+    images = _list_without_full_parse(path, "images", ("id", "file_name")) \
+        if path.stat().st_size > _FULL_PARSE_LIMIT_BYTES else None
+    return image_file_names(images if images is not None else load_annotation_file(path)["images"])
+
+
+def image_file_names(images: list) -> list[str]:
+    """The ``file_name`` of each entry of an ``images`` list that has one."""
+    return [image["file_name"] for image in images
+            if isinstance(image, dict) and isinstance(image.get("file_name"), str)]
+
+
+def _list_without_full_parse(path: Path, key: str, required: tuple[str, ...]) -> list[dict] | None:
+    """Decode only the list after a ``"<key>":``, whose items all have ``required`` keys;
+    None when that is not conclusive."""
     text = path.read_text(encoding="utf-8", errors="replace")
     decoder = json.JSONDecoder()
-    marker = '"categories"'
+    marker = f'"{key}"'
     position = text.find(marker)
     while position != -1:
         after = position + len(marker)
@@ -75,7 +90,7 @@ def _categories_without_full_parse(path: Path) -> list[dict] | None:
             except json.JSONDecodeError:
                 value = None
             if isinstance(value, list) and value and all(
-                    isinstance(item, dict) and "id" in item and "name" in item for item in value):
+                    isinstance(item, dict) and all(name in item for name in required) for item in value):
                 return value
         position = text.find(marker, after)
     return None

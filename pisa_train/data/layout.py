@@ -12,7 +12,10 @@ Three layouts are recognised:
 ``resolve_dataset(path)`` returns a ``DatasetLayout`` (config/dataset_folder.py
 points a config at it). Classes follow the annotation file's category order, as
 mmdet's CocoDataset numbers them, without the synthetic root category that
-Roboflow prepends.
+Roboflow prepends. Each split's images are looked for where exports put them
+(data/image_lookup.py: an ``images/`` subfolder of the split, file names whose
+folders are not on disk, another case); a split whose images are not all found
+is refused, and what else lies beside the dataset is named in one line.
 """
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pisa_train.data.coco_annotations import (boxes_per_category, load_annotation_file, read_categories,
-                                         synthetic_root_categories)
+                                              read_image_file_names, synthetic_root_categories)
+from pisa_train.data.image_lookup import (ImageLocation, describe_ignored, describe_locations, ignored_entries,
+                                          locate_images)
+from pisa_train.data.synthetic_shapes import MANIFEST
 from pisa_train.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -62,6 +68,9 @@ class DatasetLayout:
     classes: tuple[str, ...]
     category_ids: tuple[int, ...]
     dropped_categories: tuple[str, ...] = field(default=())
+    # Per split, file_name -> the image's path under img_prefix, where the two differ (data/image_lookup.py).
+    renamed_images: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: tuple[str, ...] = field(default=())  # where the images are, what is ignored: one line each
 
 
 def _roboflow(folder: Path) -> dict[str, SplitFiles]:
@@ -169,9 +178,33 @@ def resolve_dataset(path: str | Path) -> DatasetLayout:
     if not kept:
         raise DataError(f"{layout.data_root / layout.splits[first_split].ann_file} defines no classes with boxes "
                         f"besides its root category; add classes to the dataset and export it again")
-    return DatasetLayout(layout.data_root, layout.kind, layout.splits,
+    locations = locate_split_images(layout)
+    for split, location in locations.items():
+        if location.unresolved:
+            raise DataError(f"{location.missing_message(layout.splits[split].ann_file)} (`pisa-data check {path}` "
+                            f"lists every problem)")
+    splits = {split: SplitFiles(files.ann_file, locations[split].folder) for split, files in layout.splits.items()}
+    notes = describe_locations(locations) + [describe_ignored(ignored_beside(layout, locations))]
+    return DatasetLayout(layout.data_root, layout.kind, splits,
                          tuple(category["name"] for category in kept),
-                         tuple(category["id"] for category in kept), tuple(dropped))
+                         tuple(category["id"] for category in kept), tuple(dropped),
+                         {split: location.renamed for split, location in locations.items() if location.renamed},
+                         tuple(note for note in notes if note))
+
+
+def locate_split_images(layout: FolderLayout, file_names: dict[str, list[str]] | None = None,
+                        ) -> dict[str, ImageLocation]:
+    """Where each split's images are (data/image_lookup.py); ``file_names``: per split, if already read."""
+    return {split: locate_images(layout.data_root, files.img_prefix,
+                                 file_names[split] if file_names and split in file_names
+                                 else read_image_file_names(layout.data_root / files.ann_file))
+            for split, files in layout.splits.items()}
+
+
+def ignored_beside(layout: FolderLayout, locations: dict[str, ImageLocation]) -> list[str]:
+    """What lies beside the dataset and is not part of it (README files, YOLO labels/, ...)."""
+    return ignored_entries(layout.data_root, [files.ann_file for files in layout.splits.values()],
+                           [location.folder for location in locations.values()], own_files=(MANIFEST,))
 
 
 def _dropped_root_categories(layout: FolderLayout, categories: list[dict]) -> list[str]:
@@ -199,4 +232,5 @@ def describe_dataset(layout: DatasetLayout) -> str:
         files = layout.splits.get(split)
         lines.append(f"  {split + ':':6} " + (f"ann_file={files.ann_file} images={files.img_prefix}"
                                                if files else "none"))
+    lines += [f"  {note}" for note in layout.notes]
     return "\n".join(lines)
