@@ -23,8 +23,8 @@ def add_config_overrides(parser: argparse.ArgumentParser, with_data: bool = True
                              "a key that is neither in the config nor a parameter of the class its dict builds "
                              "(default_hooks.checkpoint.max_keep_ckpts) is refused with the closest real ones")
     parser.add_argument("--cfg-add", nargs="+", metavar="KEY=VALUE", default=[],
-                        help="add settings the config does not have yet, e.g. "
-                             "train_dataloader.dataset.metainfo.classes=(a,b) (as --cfg-options, without the check)")
+                        help="add settings that are neither in the config nor parameters of its classes, e.g. "
+                             "model.test_cfg.rcnn.mask_thr_binary=0.5 (as --cfg-options, without the check)")
 
 
 def add_print_config(parser: argparse.ArgumentParser) -> None:
