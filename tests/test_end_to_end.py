@@ -272,3 +272,50 @@ def test_infer_draws_detections_that_overlap_the_ground_truth(demo_run):
     assert total > 0
     print(f"pisa-infer found {found} of {total} ground-truth boxes (right class, IoU > 0.5)")
     assert found / total > 0.5
+
+
+def test_eval_writes_what_the_model_gets_wrong(demo_evaluation):
+    from PIL import Image
+
+    cwd, metrics = demo_evaluation["cwd"], demo_evaluation["metrics"]
+    analysis = metrics["analysis"]
+    ground_truth = json.loads((cwd / "data" / "demo_shapes" / "annotations" / "val.json").read_text())
+    detections = json.loads((cwd / "detections.bbox.json").read_text())
+    matrix = json.loads((cwd / "confusion_matrix.json").read_text())
+    assert matrix["classes"] == [*DEMO_CLASSES, "background"] and matrix["score_thr"] == 0.3
+    # Each ground-truth box is counted once in its class's row, each detection scoring >= 0.3 once in its column.
+    for k, category_id in enumerate((1, 2, 3)):
+        assert sum(matrix["counts"][k]) == sum(a["category_id"] == category_id for a in ground_truth["annotations"])
+        assert sum(row[k] for row in matrix["counts"]) == sum(
+            d["category_id"] == category_id and d["score"] >= 0.3 for d in detections)
+    breakdown = json.loads((cwd / "error_breakdown.json").read_text())
+    assert breakdown["ap"]["C50"] == pytest.approx(metrics["bbox"]["AP50"], abs=5e-4)
+    assert breakdown["ap"]["C75"] == pytest.approx(metrics["bbox"]["AP75"], abs=5e-4)
+    levels = [breakdown["ap"][level] for level in breakdown["levels"]]
+    assert levels == sorted(levels) and levels[-1] == 1.0
+    assert 0 < len(analysis["worst_images"]) <= 8
+    for entry in analysis["worst_images"]:
+        assert entry["missed"] + entry["false"] > 0
+        with Image.open(cwd / entry["drawn"]) as drawn:  # ground truth and predictions side by side
+            assert drawn.size == (2 * 128, 128)
+    for name in ("confusion_matrix.png", "confusion_matrix_normalised.png", "error_breakdown.png"):
+        with Image.open(cwd / name) as image:
+            assert image.format == "PNG" and min(image.size) >= 400
+
+
+def test_the_report_after_the_demo_opens_in_headless_chromium(demo_evaluation):
+    from headless_chromium import open_in_chromium
+
+    work_dir = demo_evaluation["cwd"] / DEMO_WORK_DIR
+    page = work_dir / "report.html"  # written by pisa-train, then again by pisa-eval
+    text = page.read_text()
+    assert "pisa_faster_rcnn_r18_fpn_demo_shapes.py" in text and "EpochBasedTrainLoop, 8 epochs" in text
+    assert f"{demo_evaluation['metrics']['bbox']['AP']:.3f}" in text
+    screenshot = demo_evaluation["cwd"] / "report.png"
+    result = open_in_chromium(page, screenshot)
+    broken = [alt for complete, width, alt in result["images"] if not (complete and width > 0)]
+    # training curves, 3 PR curves, 2 confusion matrices, the breakdown, worst images, 6 samples
+    assert len(result["images"]) >= 13 and not broken, broken
+    assert result["console"] == [], result["console"]
+    assert result["scroll_width"] <= 1366
+    print(f"report screenshot: {screenshot}")

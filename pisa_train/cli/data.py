@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("folder", metavar="DIR", help="dataset folder (Roboflow, COCO 2017, or json + images/)")
     check.add_argument("--quick", action="store_true",
                        help="only check that image files exist, without opening them")
+    check.add_argument("--plots", nargs="?", const="", metavar="OUT_DIR",
+                       help="also draw label statistics and training images with their boxes into OUT_DIR "
+                            "(default: check_plots/<folder name>)")
 
     weights = commands.add_parser(
         "weights", parents=[common], help="download the pretrained weights the configs use",
@@ -79,6 +82,13 @@ def run_check(args: argparse.Namespace) -> int:
 
     report = check_dataset(args.folder, open_images=not args.quick, progress=args.progress)
     print(render_report(report), flush=True)
+    if args.plots is not None and report.classes:
+        from pathlib import Path
+
+        from pisa_train.results.dataset_plots import plot_dataset
+
+        written = plot_dataset(args.folder, report.classes, args.plots or Path("check_plots") / report.data_root.name)
+        print(f"plots: {', '.join(map(str, written))}", flush=True)
     if report.errors:
         raise DataError(f"{len(report.errors)} errors in dataset {args.folder} (listed above); fix them and run "
                         f"`pisa-data check {args.folder}` again")

@@ -3,10 +3,13 @@
 It does what MMDetection 3's tools/test.py does (config, ``--cfg-options``,
 ``--work-dir``, ``--show-dir``), then prints AP, AP50, AP75 and AP for small,
 medium and large objects, AP per class, draws a precision-recall curve per class
-(``pr_curves/`` beside ``--out``, else in the work dir) and writes the metrics as
-JSON with ``--out``. mmdet's CocoMetric writes the detections; faster-coco-eval
-(or pycocotools) evaluates them once (results/coco_metrics.py). It is not a
-benchmark harness: MMEngine's test loop runs the model.
+(``pr_curves/`` beside ``--out``, else in the work dir), and beside them what the
+model gets wrong: a confusion matrix, COCO's error breakdown, the worst images
+(results/evaluation_analysis.py); it writes the metrics as JSON (``--out``, and
+WORK_DIR/evaluation.json) and the run's report page (results/report.py). mmdet's
+CocoMetric writes the detections; faster-coco-eval (or pycocotools) evaluates them
+once (results/coco_metrics.py). It is not a benchmark harness: MMEngine's test loop
+runs the model.
 """
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coco-backend", choices=["faster-coco-eval", "pycocotools"], default="faster-coco-eval",
                         help="what computes the COCO metrics: faster-coco-eval (default; a C++ reimplementation "
                              "that gives pycocotools' numbers, faster) or pycocotools")
+    parser.add_argument("--score-thr", type=float, default=0.3, metavar="T", help="detections scoring at least T "
+                        "count in the confusion matrix and the worst images (default 0.3)")
+    parser.add_argument("--worst-images", type=int, default=8, metavar="N",
+                        help="draw the N images with the most missed and false boxes (default 8)")
     add_config_overrides(parser)
     add_print_config(parser)
     add_run_options(parser)
@@ -43,9 +50,10 @@ def evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pisa_train.config.build import build_test_config
-    from pisa_train.data.presence import dataset_classes
+    from pisa_train.data.presence import dataset_classes, dataset_image_folder
     from pisa_train.engine import runner
     from pisa_train.engine.device import choose_device
+    from pisa_train.files import write_json_atomically
     from pisa_train.results import coco_metrics
     from pisa_train.terminal import announcer
 
@@ -64,20 +72,23 @@ def evaluate(args: argparse.Namespace) -> int:
 
     if not is_main_process():  # rank 0 gathered and wrote the detections, and reports them
         return 0
+    from pisa_train.results.evaluation_analysis import EVALUATION_INDEX, evaluate_and_analyse
+    from pisa_train.results.report import write_report
+
     detections = f"{cfg.test_evaluator.outfile_prefix}.bbox.json"
-    evaluation = coco_metrics.evaluate_bbox(cfg.test_evaluator.ann_file, detections, args.coco_backend,
-                                            classes=dataset_classes(cfg, "test_dataloader"))
-    summary = coco_metrics.summary_from_stats(evaluation.stats)
-    per_class = coco_metrics.per_class_ap(evaluation)
-    print(coco_metrics.format_metrics_table(summary), flush=True)
-    print(coco_metrics.format_per_class_table(per_class), flush=True)
-    plots_dir = (Path(args.out).parent if args.out else Path(cfg.work_dir)) / "pr_curves"
-    curves = coco_metrics.plot_precision_recall_curves(evaluation, plots_dir)
-    say(f"detections: {detections}; precision-recall curves of {len(curves)} classes in {plots_dir}")
-    if args.out:
-        coco_metrics.write_metrics_json(args.out, summary, per_class=per_class, config=args.config,
-                                        checkpoint=args.checkpoint, coco_backend=args.coco_backend)
-        say(f"metrics written to {args.out}")
+    analysis_dir = Path(args.out).parent if args.out else Path(cfg.work_dir)
+    record = evaluate_and_analyse(cfg.test_evaluator.ann_file, detections, args.coco_backend,
+                                  dataset_classes(cfg, "test_dataloader"), dataset_image_folder(cfg, "test_dataloader"),
+                                  analysis_dir, args.score_thr, args.worst_images, config=args.config,
+                                  checkpoint=args.checkpoint, coco_backend=args.coco_backend)
+    print(coco_metrics.format_metrics_table(record["bbox"]), flush=True)
+    print(coco_metrics.format_per_class_table(record["per_class"]), flush=True)
+    say(f"detections: {detections}; precision-recall curves, confusion matrix, error breakdown and worst images "
+        f"in {analysis_dir}")
+    written = [str(Path(cfg.work_dir) / EVALUATION_INDEX), *([args.out] if args.out else [])]
+    for path in written:
+        write_json_atomically(path, record)
+    say(f"metrics written to {' and '.join(written)}; report: {write_report(cfg.work_dir)}")
     return 0
 
 

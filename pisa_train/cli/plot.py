@@ -1,4 +1,5 @@
-"""``pisa-plot WORK_DIR``: draw a work dir's training curves (losses, learning rate, bbox mAP) as a PNG.
+"""``pisa-plot WORK_DIR [--report]``: draw a work dir's training curves (losses, learning rate, bbox mAP)
+as a PNG, and with ``--report`` its report page (results/report.py).
 
 pisa-train draws them by itself at the end of a run; this command draws them on
 demand (during a run, or for an older one) from MMEngine's logs in the work dir
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: pisa-plot work_dirs/pisa_faster_rcnn_r18_fpn_demo_shapes")
     parser.add_argument("work_dir", help="the work dir of a pisa-train run (with <timestamp>/vis_data/scalars.json)")
     parser.add_argument("--out", metavar="FILE.png", help="where to write the PNG (default: WORK_DIR/training_curves.png)")
+    parser.add_argument("--report", action="store_true",
+                        help="also write WORK_DIR/report.html: the run, its curves, and pisa-eval's metrics and analyses")
     add_debug(parser)
     return parser
 
@@ -35,10 +38,15 @@ def plot(args: argparse.Namespace) -> int:
     if not Path(args.work_dir).is_dir():
         raise DataError(f"work dir {args.work_dir} not found; give the folder pisa-train wrote its checkpoints "
                         f"and logs to (work_dirs/<config name> by default)")
-    from pisa_train.results.training_curves import plot_training_curves
+    from pisa_train.results.training_curves import draw_curves_of_run, plot_training_curves
 
-    path = plot_training_curves(args.work_dir, args.out)
-    print(f"[{PROG}] training curves written to {path}", flush=True)
+    if not args.report:
+        print(f"[{PROG}] training curves written to {plot_training_curves(args.work_dir, args.out)}", flush=True)
+        return 0
+    from pisa_train.results.report import write_report
+
+    print(f"[{PROG}] {draw_curves_of_run(args.work_dir)}", flush=True)  # a report without curves is still one
+    print(f"[{PROG}] report written to {write_report(args.work_dir)}", flush=True)
     return 0
 
 

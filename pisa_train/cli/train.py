@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train(args: argparse.Namespace) -> int:
     import os
+    import time
 
     from pisa_train.engine import runner
 
@@ -63,16 +64,19 @@ def train(args: argparse.Namespace) -> int:
     for line in notes:
         say(line)
     runner.prepare_datasets(cfg, ("train_dataloader", "val_dataloader"), say)
+    description, started = runner.describe_run(cfg, device), time.time()
     if runner.launched_rank(cfg) == 0:  # once per run, not once per process
-        for line in runner.describe_run(cfg, device):
+        for line in description:
             say(line)
     runner.run_training(cfg, args.trust_checkpoint, say)
     from mmengine.dist import is_main_process
 
     if is_main_process():
+        from pisa_train.results.report import report_training_run
         from pisa_train.results.training_curves import draw_curves_of_run
 
         say(draw_curves_of_run(cfg.work_dir))
+        say(f"report: {report_training_run(cfg.work_dir, description, started)}")
         say(f"done; checkpoints and logs are in {cfg.work_dir}")
     return 0
 

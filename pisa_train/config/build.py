@@ -91,6 +91,10 @@ def build_test_config(args, device: str, kernels=None) -> BuiltConfig:
     """pisa-eval's config: the config's test loop on ``args.checkpoint``, detections dumped for evaluation."""
     if args.out is not None and not args.out.endswith(".json"):
         raise UsageError(f"--out {args.out}: the metrics are written as JSON; give a file name ending in .json")
+    if not 0 <= args.score_thr <= 1:
+        raise UsageError(f"--score-thr must be between 0 and 1, not {args.score_thr}")
+    if args.worst_images < 0:
+        raise UsageError(f"--worst-images must be 0 or more, not {args.worst_images}")
     cfg, notes = load_with_overrides(args)
     cfg = _run_on(cfg, args, device, kernels)
     cfg = rewrite.apply_checkpoint_for_testing(cfg, args.checkpoint)

@@ -28,6 +28,13 @@ def dataset_classes(cfg, dataloader_key: str) -> list[str] | None:
     return list(classes) if classes else None
 
 
+def dataset_image_folder(cfg, dataloader_key: str) -> str | None:
+    """The folder a dataloader's images are read from (``data_root`` joined with ``data_prefix.img``)."""
+    dataset = innermost_dataset((cfg.get(dataloader_key) or {}).get("dataset")) or {}
+    prefix = (dataset.get("data_prefix") or {}).get("img")
+    return osp.join(dataset.get("data_root") or "", prefix) if prefix is not None else None
+
+
 def dataset_paths(cfg, dataloader_keys=("train_dataloader", "val_dataloader", "test_dataloader")):
     """(setting, path) for each annotation file and image folder the config's datasets read."""
     paths = []

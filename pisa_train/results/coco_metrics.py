@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from pisa_train.errors import DataError, EnvironmentProblem
-from pisa_train.files import write_json_atomically
 
 BACKENDS = ("pycocotools", "faster-coco-eval")
 # The names people quote in papers, in COCOeval's stats order, with MMDetection's CocoMetric keys.
@@ -182,9 +181,3 @@ def format_metrics_table(summary: dict) -> str:
     rule = "-+-".join("-" * w for w in widths)
     values = " | ".join(f"{summary[n]:.3f}".rjust(w) for n, w in zip(names, widths))
     return f"COCO bbox metrics\n{header}\n{rule}\n{values}"
-
-
-def write_metrics_json(path: str, summary: dict, **context) -> None:
-    """``{"bbox": summary, **context}``, written atomically (``context``: the config, the
-    checkpoint, "per_class", ...)."""
-    write_json_atomically(path, {"bbox": summary, **context})
