@@ -27,6 +27,23 @@ def add_config_overrides(parser: argparse.ArgumentParser, with_data: bool = True
                              "model.test_cfg.rcnn.mask_thr_binary=0.5 (as --cfg-options, without the check)")
 
 
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """pisa-train's own flags: where the run goes, how it starts, what it does differently."""
+    parser.add_argument("--work-dir", help="where checkpoints and logs go (default: the config's work_dir, "
+                                           "else work_dirs/<config name>)")
+    parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                        help="resume training: alone, from the newest checkpoint in the work dir; "
+                             "with a path, from that checkpoint")
+    parser.add_argument("--amp", action="store_true", help="automatic mixed precision (fp16) training")
+    parser.add_argument("--auto-scale-lr", action="store_true",
+                        help="scale the learning rate by total batch size / auto_scale_lr.base_batch_size")
+    parser.add_argument("--seed", type=int, help="random seed (sets randomness.seed)")
+    parser.add_argument("--max-iters", type=int, metavar="N", help="stop after N iterations and save a "
+                        "checkpoint, without validation: a quick check that a config trains")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (MMEngine's "
+                        "TensorboardVisBackend, under WORK_DIR/<timestamp>/vis_data/); needs the tensorboard package")
+
+
 def add_print_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", nargs="?", const="", metavar="KEY",
                         help="print the config as the run would hand it to MMEngine (after _base_, --cfg-options, "

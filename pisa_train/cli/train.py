@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from pisa_train.cli.options import (add_config_overrides, add_launch_options, add_print_config, add_run_options,
-                                    print_config, run_command)
+                                    add_training_options, print_config, run_command)
 from pisa_train.config.build import build_train_config
 from pisa_train.engine.device import choose_device
 from pisa_train.errors import UsageError
@@ -31,19 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report versions, mmcv's kernels, GPUs, free disk and, with a CONFIG, whether its "
                              "dataset and pretrained weights are in place; train nothing (exit 6 if something "
                              "the config needs is missing)")
-    parser.add_argument("--work-dir", help="where checkpoints and logs go (default: the config's work_dir, "
-                                           "else work_dirs/<config name>)")
-    parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                        help="resume training: alone, from the newest checkpoint in the work dir; "
-                             "with a path, from that checkpoint")
-    parser.add_argument("--amp", action="store_true", help="automatic mixed precision (fp16) training")
-    parser.add_argument("--auto-scale-lr", action="store_true",
-                        help="scale the learning rate by total batch size / auto_scale_lr.base_batch_size")
-    parser.add_argument("--seed", type=int, help="random seed (sets randomness.seed)")
-    parser.add_argument("--max-iters", type=int, metavar="N", help="stop after N iterations and save a "
-                        "checkpoint, without validation: a quick check that a config trains")
-    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (MMEngine's "
-                        "TensorboardVisBackend, under WORK_DIR/<timestamp>/vis_data/); needs the tensorboard package")
+    add_training_options(parser)
     add_config_overrides(parser)
     add_print_config(parser)
     add_run_options(parser)
