@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import add_config_overrides, add_run_options, run_command
+from pisa_train.cli.options import add_amp_options, add_config_overrides, add_run_options, run_command
 
 PROG = "pisa-eval"
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what computes the COCO metrics: faster-coco-eval (default; a C++ reimplementation "
                              "that gives pycocotools' numbers, faster) or pycocotools")
     add_config_overrides(parser)
+    add_amp_options(parser, training=False)
     add_run_options(parser)
     return parser
 
@@ -55,7 +56,7 @@ def evaluate(args: argparse.Namespace) -> int:
         say(line)
     coco_metrics.coco_api(args.coco_backend)  # a missing backend is reported before the model runs
     runner.prepare_datasets(cfg, ("test_dataloader",), say)
-    say(f"evaluating {args.checkpoint} on {device} with {args.config}")
+    say(f"evaluating {args.checkpoint} on {device} with {args.config}; {runner.describe_precision(cfg, testing=True)}")
     runner.run_testing(cfg, args.trust_checkpoint, say)
     from mmengine.dist import is_main_process
 

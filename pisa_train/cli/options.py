@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from pisa_train.engine.device import OPS_BACKENDS
+from pisa_train.engine.device import AMP_DTYPES, OPS_BACKENDS
 from pisa_train.engine.launch import LAUNCHERS
 from pisa_train.error_reporting import run_reporting_errors
 
@@ -44,6 +44,17 @@ def add_run_options(parser: argparse.ArgumentParser, launcher: bool = True, prog
     if progress:
         add_no_progress(parser)
     add_debug(parser)
+
+
+def add_amp_options(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """--amp and --amp-dtype: mixed precision for training (pisa-train) or inference (pisa-eval, pisa-infer)."""
+    parser.add_argument("--amp", action="store_true", help=(
+        "automatic mixed precision training (MMEngine's AmpOptimWrapper): float16 autocast with a dynamic loss "
+        "scale on a GPU, bfloat16 autocast on the CPU" if training else
+        "run the model under autocast (float16 on a GPU, bfloat16 on the CPU): faster, and less memory"))
+    parser.add_argument("--amp-dtype", choices=AMP_DTYPES,
+                        help="with --amp: autocast to this dtype (default float16 on a GPU, bfloat16 on the CPU, "
+                             "where float16 is refused)")
 
 
 def add_launch_options(parser: argparse.ArgumentParser) -> None:

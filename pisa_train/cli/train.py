@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import add_config_overrides, add_launch_options, add_run_options, run_command
+from pisa_train.cli.options import (add_amp_options, add_config_overrides, add_launch_options, add_run_options,
+                                    run_command)
 from pisa_train.config.build import build_train_config
 from pisa_train.engine.device import choose_device
 from pisa_train.errors import UsageError
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                         help="resume training: alone, from the newest checkpoint in the work dir; "
                              "with a path, from that checkpoint")
-    parser.add_argument("--amp", action="store_true", help="automatic mixed precision (fp16) training")
+    add_amp_options(parser)
     parser.add_argument("--auto-scale-lr", action="store_true",
                         help="scale the learning rate by total batch size / auto_scale_lr.base_batch_size")
     parser.add_argument("--seed", type=int, help="random seed (sets randomness.seed)")
