@@ -51,7 +51,7 @@ def add_amp_options(parser: argparse.ArgumentParser, training: bool = True) -> N
     parser.add_argument("--amp", action="store_true", help=(
         "automatic mixed precision training (MMEngine's AmpOptimWrapper): float16 autocast with a dynamic loss "
         "scale on a GPU, bfloat16 autocast on the CPU" if training else
-        "run the model under autocast (float16 on a GPU, bfloat16 on the CPU): faster, and less memory"))
+        "run the model under autocast: float16 on a GPU (faster, less memory), bfloat16 on the CPU"))
     parser.add_argument("--amp-dtype", choices=AMP_DTYPES,
                         help="with --amp: autocast to this dtype (default float16 on a GPU, bfloat16 on the CPU, "
                              "where float16 is refused)")
