@@ -9,7 +9,6 @@ import importlib
 import inspect
 import json
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
