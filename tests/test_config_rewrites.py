@@ -18,6 +18,8 @@ def base_cfg():
 
 @pytest.mark.parametrize("apply", [
     lambda c: rewrite.enable_amp(c),
+    lambda c: rewrite.enable_amp(c, "bfloat16"),
+    lambda c: rewrite.autocast_testing(c, "bfloat16"),
     lambda c: rewrite.enable_auto_scale_lr(c),
     lambda c: rewrite.limit_iterations(c, 3),
     lambda c: rewrite.apply_device(c, "cpu"),

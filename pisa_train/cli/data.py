@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import add_debug, add_no_progress, run_command
+from pisa_train.cli.options import add_debug, add_no_progress
+from pisa_train.cli.running import run_command
 from pisa_train.errors import DataError
 
 PROG = "pisa-data"

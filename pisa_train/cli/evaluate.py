@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import add_config_overrides, add_print_config, add_run_options, print_config, run_command
+from pisa_train.cli.options import add_amp_options, add_config_overrides, add_print_config, add_run_options
+from pisa_train.cli.running import print_config, run_command
 
 PROG = "pisa-eval"
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw the N images with the most missed and false boxes (default 8)")
     add_config_overrides(parser)
     add_print_config(parser)
+    add_amp_options(parser, training=False)
     add_run_options(parser)
     return parser
 
@@ -66,7 +68,7 @@ def evaluate(args: argparse.Namespace) -> int:
         say(line)
     coco_metrics.coco_api(args.coco_backend)  # a missing backend is reported before the model runs
     runner.prepare_datasets(cfg, ("test_dataloader",), say)
-    say(f"evaluating {args.checkpoint} on {device} with {args.config}")
+    say(f"evaluating {args.checkpoint} on {device} with {args.config}; {runner.describe_precision(cfg, testing=True)}")
     runner.run_testing(cfg, args.trust_checkpoint, say)
     from mmengine.dist import is_main_process
 

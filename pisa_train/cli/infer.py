@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import add_config_overrides, add_run_options, run_command
+from pisa_train.cli.options import add_amp_options, add_config_overrides, add_run_options
+from pisa_train.cli.running import run_command
 
 PROG = "pisa-infer"
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--score-thr", type=float, default=0.3, metavar="T",
                         help="keep detections with a score of at least T (default 0.3)")
     add_config_overrides(parser, with_data=False)
+    add_amp_options(parser, training=False)
     add_run_options(parser, launcher=False)
     return parser
 
@@ -41,7 +43,7 @@ def infer(args: argparse.Namespace) -> int:
     from pisa_train.config.build import build_infer_config
     from pisa_train.data.images import find_images
     from pisa_train.engine.device import choose_device
-    from pisa_train.engine.runner import load_detector
+    from pisa_train.engine.runner import describe_precision, load_detector
     from pisa_train.files import write_json_atomically
     from pisa_train.results import predictions
     from pisa_train.terminal import ProgressReporter, announcer
@@ -52,7 +54,8 @@ def infer(args: argparse.Namespace) -> int:
     images = find_images(args.inputs)
     model = load_detector(cfg, args.checkpoint, device, args.trust_checkpoint, say)
     classes = list(model.dataset_meta.get("classes") or [])
-    say(f"detecting {', '.join(classes)} in {len(images)} images on {device} (score >= {args.score_thr})")
+    say(f"detecting {', '.join(classes)} in {len(images)} images on {device} (score >= {args.score_thr}; "
+        f"{describe_precision(cfg, testing=True)})")
     from mmdet.apis import inference_detector
 
     out_dir, records = Path(args.out), []

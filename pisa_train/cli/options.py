@@ -1,14 +1,10 @@
-"""Command-line options that several pisa-* commands share, defined once so that they
-mean the same everywhere, and the one way a command runs (``run_command``)."""
+"""Command-line options of the pisa-* commands, defined once so that they mean the same everywhere."""
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Callable
 
-from pisa_train.engine.device import OPS_BACKENDS
+from pisa_train.engine.device import AMP_DTYPES, OPS_BACKENDS
 from pisa_train.engine.launch import LAUNCHERS
-from pisa_train.error_reporting import run_reporting_errors
 
 
 def add_config_overrides(parser: argparse.ArgumentParser, with_data: bool = True) -> None:
@@ -34,7 +30,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                         help="resume training: alone, from the newest checkpoint in the work dir; "
                              "with a path, from that checkpoint")
-    parser.add_argument("--amp", action="store_true", help="automatic mixed precision (fp16) training")
+    add_amp_options(parser)
     parser.add_argument("--auto-scale-lr", action="store_true",
                         help="scale the learning rate by total batch size / auto_scale_lr.base_batch_size")
     parser.add_argument("--seed", type=int, help="random seed (sets randomness.seed)")
@@ -49,19 +45,6 @@ def add_print_config(parser: argparse.ArgumentParser) -> None:
                         help="print the config as the run would hand it to MMEngine (after _base_, --cfg-options, "
                              "--data and the flags), or only the part under KEY (e.g. model.roi_head), and stop: "
                              "nothing is trained or written")
-
-
-def print_config(prog: str, args: argparse.Namespace, build: Callable) -> int:
-    """--print-config: ``build`` (a builder of config/build.py) makes the config the run would
-    get; it is printed in MMEngine's Python format (what --data resolved goes to stderr)."""
-    from pisa_train.config.show import render_config
-    from pisa_train.engine.device import choose_device
-
-    cfg, notes = build(args, choose_device(args.device))
-    for line in notes:
-        print(f"[{prog}] {line}", file=sys.stderr, flush=True)
-    print(render_config(cfg, args.print_config), end="", flush=True)
-    return 0
 
 
 def add_run_options(parser: argparse.ArgumentParser, launcher: bool = True, progress: bool = True) -> None:
@@ -84,6 +67,17 @@ def add_run_options(parser: argparse.ArgumentParser, launcher: bool = True, prog
     add_debug(parser)
 
 
+def add_amp_options(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """--amp and --amp-dtype: mixed precision for training (pisa-train) or inference (pisa-eval, pisa-infer)."""
+    parser.add_argument("--amp", action="store_true", help=(
+        "automatic mixed precision training (MMEngine's AmpOptimWrapper): float16 autocast with a dynamic loss "
+        "scale on a GPU, bfloat16 autocast on the CPU" if training else
+        "run the model under autocast: float16 on a GPU (faster, less memory), bfloat16 on the CPU"))
+    parser.add_argument("--amp-dtype", choices=AMP_DTYPES,
+                        help="with --amp: autocast to this dtype (default float16 on a GPU, bfloat16 on the CPU, "
+                             "where float16 is refused)")
+
+
 def add_launch_options(parser: argparse.ArgumentParser) -> None:
     """--nproc and the torchrun flags that go with it (engine/launch.py)."""
     parser.add_argument("--nproc", type=int, metavar="N",
@@ -102,14 +96,3 @@ def add_no_progress(parser: argparse.ArgumentParser) -> None:
 
 def add_debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-
-
-def run_command(prog: str, parser: argparse.ArgumentParser, work: Callable[[argparse.Namespace], int | None],
-                argv: list[str] | None) -> int:
-    """Parse ``argv`` and run ``work(args)`` through the one place that turns errors into exit codes.
-    --help and usage errors end with argparse's own exit code (0 or 2), returned, not raised."""
-    try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as exit_request:
-        return int(exit_request.code or 0)
-    return run_reporting_errors(prog, lambda: work(args), debug=args.debug)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import add_debug, run_command
+from pisa_train.cli.options import add_debug
+from pisa_train.cli.running import run_command
 
 PROG = "pisa-plot"
 

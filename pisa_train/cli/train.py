@@ -12,7 +12,8 @@ import argparse
 import sys
 
 from pisa_train.cli.options import (add_config_overrides, add_launch_options, add_print_config, add_run_options,
-                                    add_training_options, print_config, run_command)
+                                    add_training_options)
+from pisa_train.cli.running import print_config, run_command
 from pisa_train.config.build import build_train_config
 from pisa_train.engine.device import choose_device
 from pisa_train.errors import UsageError

@@ -63,13 +63,32 @@ def _run_on(cfg, args, device: str, kernels):
     return rewrite.apply_ops_backend(cfg, backend) if backend is not None else cfg
 
 
+def amp_dtype(args, device: str) -> str | None:
+    """What ``--amp`` autocasts to (None without it): ``--amp-dtype``, else the device's default."""
+    requested = getattr(args, "amp_dtype", None)
+    if not getattr(args, "amp", False):
+        if requested is not None:
+            raise UsageError(f"--amp-dtype {requested} is the precision of --amp; add --amp")
+        return None
+    from pisa_train.engine.device import choose_amp_dtype
+
+    return choose_amp_dtype(requested, device)
+
+
+def _inference_precision(cfg, args, device: str):
+    """``--amp`` on pisa-eval and pisa-infer: the model's test steps under autocast."""
+    precision = amp_dtype(args, device)
+    return rewrite.autocast_testing(cfg, precision) if precision else cfg
+
+
 def build_train_config(args, device: str, kernels=None) -> BuiltConfig:
     """pisa-train's config. ``kernels``: what mmcv's ops run on (default: this machine's)."""
     cfg, notes = load_with_overrides(args)
     cfg = _run_on(cfg, args, device, kernels)
     cfg = rewrite.use_cpu_model_wrapper(cfg, device)  # after the launcher: only distributed CPU runs
-    if args.amp:
-        cfg = rewrite.enable_amp(cfg)
+    precision = amp_dtype(args, device)
+    if precision:
+        cfg = rewrite.enable_amp(cfg, precision)
     if args.auto_scale_lr:
         cfg = rewrite.enable_auto_scale_lr(cfg)
     cfg = rewrite.apply_resume(cfg, args.resume)
@@ -101,6 +120,7 @@ def build_test_config(args, device: str, kernels=None) -> BuiltConfig:
     cfg = rewrite.enable_show_dir(cfg, args.show_dir)
     cfg = rewrite.dump_detections_for_evaluation(cfg)  # after the work dir, where the detections go
     cfg = rewrite.check_checkpoint_fits_model(cfg)
+    cfg = _inference_precision(cfg, args, device)
     if args.progress:
         cfg = rewrite.show_progress_bars(cfg)
     return BuiltConfig(cfg, notes)
@@ -111,4 +131,5 @@ def build_infer_config(args, device: str, kernels=None) -> BuiltConfig:
     if not 0 <= args.score_thr <= 1:
         raise UsageError(f"--score-thr must be between 0 and 1, not {args.score_thr}")
     cfg, notes = load_with_overrides(args)
+    cfg = _inference_precision(cfg, args, device)
     return BuiltConfig(_run_on(cfg, args, device, kernels), notes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os.path as osp
 
-from pisa_train.engine.device import choose_ops_backend
+from pisa_train.engine.device import AMP_DTYPES, choose_ops_backend
 from pisa_train.engine.launch import LAUNCHERS
 from pisa_train.errors import CheckpointError, ConfigError, UsageError
 
@@ -39,11 +39,30 @@ def apply_work_dir(cfg, work_dir: str | None, config_path: str):
     return cfg
 
 
-def enable_amp(cfg):
-    """Mixed precision: MMEngine's AmpOptimWrapper with a dynamic loss scale."""
-    cfg = _copy(cfg)
+def _known_amp_dtype(cfg, dtype: str):
+    if dtype not in AMP_DTYPES:
+        raise UsageError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, not '{dtype}'")
+    return cfg
+
+
+def enable_amp(cfg, dtype: str = "float16"):
+    """Mixed precision: MMEngine's AmpOptimWrapper, autocasting to ``dtype`` (engine/device.py's
+    ``choose_amp_dtype``). float16 gets a dynamic loss scale, as mmdet's ``--amp`` gives it;
+    bfloat16 none (``loss_scale=dict(enabled=False)``: a GradScaler that scales nothing), since it
+    has float32's exponent range and small gradients do not underflow."""
+    cfg = _copy(_known_amp_dtype(cfg, dtype))
     cfg.optim_wrapper.type = "AmpOptimWrapper"
-    cfg.optim_wrapper.loss_scale = "dynamic"
+    cfg.optim_wrapper.dtype = dtype
+    cfg.optim_wrapper.loss_scale = "dynamic" if dtype == "float16" else dict(enabled=False)
+    return cfg
+
+
+def autocast_testing(cfg, dtype: str):
+    """Inference under autocast in ``dtype`` (``--amp`` on pisa-eval and pisa-infer): see
+    engine/hooks/autocast_testing.py for why a hook and not mmengine's ``test_cfg.fp16``."""
+    cfg = _copy(_known_amp_dtype(cfg, dtype))
+    hooks = [hook for hook in cfg.get("custom_hooks") or [] if hook.get("type") != "AutocastTestHook"]
+    cfg.custom_hooks = [*hooks, dict(type="AutocastTestHook", dtype=dtype)]
     return cfg
 
 

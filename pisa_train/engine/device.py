@@ -15,6 +15,7 @@ from typing import NamedTuple
 from pisa_train.errors import EnvironmentProblem, UsageError
 
 OPS_BACKENDS = ("auto", "mmcv", "torchvision")  # --ops-backend: kernels for RoIAlign and NMS
+AMP_DTYPES = ("float16", "bfloat16")  # --amp-dtype: what --amp autocasts to
 
 
 def choose_device(requested: str | None) -> str:
@@ -64,6 +65,23 @@ def choose_ops_backend(requested: str, device: str, kernels: MmcvKernels) -> str
             f"--ops-backend mmcv asked for, but this mmcv was built without {device.upper()} kernels for its "
             f"ops ({kernels.description}); use --ops-backend torchvision (or auto), or rebuild mmcv "
             f"with {'nvcc on the PATH (make setup)' if device == 'cuda' else 'its compiled ops'}")
+    return requested
+
+
+def choose_amp_dtype(requested: str | None, device: str) -> str:
+    """The dtype ``--amp`` autocasts to on ``device``: ``--amp-dtype``, else float16 on CUDA (as
+    mmdet's ``--amp``) and bfloat16 on the CPU. Pure, so that it can be tested anywhere."""
+    if requested is None:
+        return "bfloat16" if device == "cpu" else "float16"
+    if requested not in AMP_DTYPES:
+        raise UsageError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, not '{requested}'")
+    if requested == "float16" and device == "cpu":
+        # torch 2.14 autocasts the CPU to float16, but its float16 convolutions there are slow (a 3x3
+        # convolution's forward and backward took 32x bfloat16's time on the development machine's
+        # AVX-512 Intel Xeon), and mmengine 0.10.7's autocast asserts bfloat16 on the CPU.
+        raise UsageError("--amp-dtype float16 is for GPUs: on the CPU, mmengine 0.10.7 autocasts to bfloat16 only "
+                         "and torch's float16 convolutions there are many times slower; use --amp alone "
+                         "(bfloat16 on the CPU), or --device cuda")
     return requested
 
 

@@ -84,22 +84,51 @@ def describe_run(cfg, device: str) -> list[str]:
     length = (f"{loop.get('max_iters')} iterations" if "max_iters" in loop
               else f"{loop.get('max_epochs')} epochs")
     lines.append(f"schedule: {loop.get('type')}, {length}")
+    lines.append(describe_precision(cfg))
     if cfg.get("resume"):
         lines.append(f"resuming from {cfg.get('load_from') or 'the newest checkpoint in the work dir'}")
     return lines
 
 
+def autocast_test_dtype(cfg) -> str | None:
+    """The dtype of inference under autocast (``--amp`` on pisa-eval, pisa-infer), None for float32."""
+    hook = next((hook for hook in cfg.get("custom_hooks") or [] if hook.get("type") == "AutocastTestHook"), None)
+    return hook.get("dtype", "float16") if hook is not None else None
+
+
+def describe_precision(cfg, testing: bool = False) -> str:
+    """The precision a run trains (or, ``testing``, infers) in, in the words of its config."""
+    if testing:
+        dtype = autocast_test_dtype(cfg)
+        return f"precision: {dtype} autocast (--amp)" if dtype else "precision: float32"
+    wrapper = cfg.get("optim_wrapper") or {}
+    if wrapper.get("type") not in ("AmpOptimWrapper", "mmengine.AmpOptimWrapper"):
+        return "precision: float32"
+    scale = wrapper.get("loss_scale", "dynamic")
+    scaling = ("no loss scaling" if isinstance(scale, dict) and scale.get("enabled") is False
+               else f"{scale} loss scale" if scale == "dynamic" else f"loss scale {scale}")
+    return (f"precision: mixed, {wrapper.get('dtype') or 'float16 (bfloat16 on the CPU)'} autocast "
+            f"(AmpOptimWrapper, {scaling}); mmcv's RoIAlign and NMS kernels in float32")
+
+
 def install_into_mmengine(cfg, trusted_checkpoints=(), say: Say = print) -> None:
     """pisa-train's hooks registered and its patches applied (engine/hooks/, engine/patches/), for ``cfg``."""
     from pisa_train.engine.hooks import register_hooks
+    from pisa_train.engine.patches.amp_on_cpu import allow_amp_optim_wrapper_on_cpu
+    from pisa_train.engine.patches.batched_nms_dtypes import fix_batched_nms_dtype_clash
     from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading
     from pisa_train.engine.patches.distributed_on_cpu import init_process_group_on_cpu, register_cpu_model_wrapper
+    from pisa_train.engine.patches.mmcv_ops_in_float32 import run_mmcv_ops_in_float32_under_autocast
     from pisa_train.engine.patches.torchvision_nms import install_ops_backend
 
     register_hooks()
     register_cpu_model_wrapper()
     guard_checkpoint_loading(trusted_checkpoints, say)
     install_ops_backend(cfg)  # NMS on torchvision's kernels when the config says so
+    # Mixed precision (--amp); all three leave float32 runs as they were.
+    allow_amp_optim_wrapper_on_cpu()
+    run_mmcv_ops_in_float32_under_autocast()
+    fix_batched_nms_dtype_clash()
     init_process_group_on_cpu(cfg)  # before the Runner: mmengine 0.10.7's own init needs a GPU
 
 
@@ -158,15 +187,14 @@ def load_detector(cfg, checkpoint: str, device: str, trusted_checkpoints=(), say
     from mmdet.apis import init_detector
     from mmengine.runner import load_state_dict
 
+    from pisa_train.engine.hooks.autocast_testing import autocast_test_steps
     from pisa_train.engine.hooks.checkpoint_compatibility import MODULE_PREFIX, refuse_mismatched_checkpoint
-    from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading, load_checkpoint_file
-    from pisa_train.engine.patches.torchvision_nms import install_ops_backend
+    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
 
     if not osp.isfile(checkpoint):
         raise CheckpointError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "
                               f"pisa-train (work_dirs/<config>/epoch_N.pth or iter_N.pth)")
-    guard_checkpoint_loading(trusted_checkpoints, say)
-    install_ops_backend(cfg)
+    install_into_mmengine(cfg, trusted_checkpoints, say)
     cfg = cfg.copy()
     cfg.model.backbone.init_cfg = None  # the checkpoint holds the backbone: no ImageNet download
     import warnings
@@ -184,4 +212,7 @@ def load_detector(cfg, checkpoint: str, device: str, trusted_checkpoints=(), say
     if classes:
         model.dataset_meta = {**(model.dataset_meta or {}), "classes": tuple(classes)}
     model.cfg = cfg
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if autocast_test_dtype(cfg):  # what AutocastTestHook does in a Runner's test loop
+        autocast_test_steps(model, autocast_test_dtype(cfg))
+    return model

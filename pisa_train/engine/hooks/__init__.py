@@ -2,6 +2,7 @@
 
 A config names them by type, as config/rewrites.py adds them:
 
+* ``AutocastTestHook`` (autocast_testing.py): the test loop under autocast (``--amp`` on pisa-eval).
 * ``AtomicCheckpointHook`` (atomic_checkpoint.py): mmengine's CheckpointHook, saving
   atomically and deleting old checkpoints last; replaces the config's CheckpointHook.
 * ``CheckpointMatchesModelHook`` (checkpoint_compatibility.py): refuses a checkpoint
@@ -17,13 +18,14 @@ to); engine/runner.py calls it before building a Runner.
 from __future__ import annotations
 
 from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
+from pisa_train.engine.hooks.autocast_testing import AutocastTestHook
 from pisa_train.engine.hooks.checkpoint_compatibility import CheckpointMatchesModelHook
 from pisa_train.engine.hooks.per_rank_losses import PerRankLossHook
 from pisa_train.engine.hooks.progress_bar import ProgressBarHook
 from pisa_train.engine.hooks.training_guards import NonFiniteLossHook, StopOnSignalHook
 
 PISA_TRAIN_HOOKS = (AtomicCheckpointHook, CheckpointMatchesModelHook, NonFiniteLossHook, StopOnSignalHook,
-                    PerRankLossHook, ProgressBarHook)
+                    PerRankLossHook, ProgressBarHook, AutocastTestHook)
 
 
 def register_hooks() -> None:

@@ -10,6 +10,11 @@ changes that behaviour (the ``test_upstream_*`` / ``test_mmcv_*`` guard tests):
 * distributed_on_cpu.py: ``--launcher pytorch|slurm|mpi`` on CPUs with gloo.
 * skip_nonfinite_updates.py: ``nonfinite_loss='skip'`` drops the optimizer step.
 * console_streams.py: the run's console output written above the progress bar.
+* amp_on_cpu.py: mmengine's AmpOptimWrapper on a machine without a GPU (``--amp`` on the CPU).
+* mmcv_ops_in_float32.py: mmcv's RoIAlign and NMS kernels in float32 under autocast.
+* batched_nms_dtypes.py: mmcv's batched_nms on mixed float32/float16 boxes and scores
+  (open-mmlab/mmdetection#9727, the port of mmcv PR #3332).
+* rebinding.py: not a patch, the way the last two replace a function where mmdet looks it up.
 
 Not here: hooks/atomic_checkpoint.py overrides a private method of mmengine's
 CheckpointHook, but in a subclass that only configs naming it use (its guard test
