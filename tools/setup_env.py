@@ -50,6 +50,11 @@ ACCEPTED_PIP_CHECK_LINES = (
     re.compile(r"^openmim [\d.]+ requires opendatalab, which is not installed\.$"),
 )
 
+# The Pythons the set-up is measured on (README, "Python versions"). Below 3.10 there is no
+# torch 2.14 and pisa-train's code needs 3.10.
+SUPPORTED_PYTHONS = ((3, 10), (3, 13))
+TORCH_FLOOR_NOTE = "2.14 has no wheels for older Pythons, and pisa-train's code needs 3.10"
+
 
 def say(message: str) -> None:
     print(f"[setup] {message}", flush=True)
@@ -59,18 +64,43 @@ class SetupFailed(Exception):
     """A step failed; the message says which and what to do."""
 
 
-def read_pins() -> dict:
+def load_toml(text: str) -> dict:
+    """Parse TOML with tomllib (Python >= 3.11), else tomli, else the copy of tomli that pip vendors
+    (pip >= 21.2): on Python 3.10 the set-up then needs nothing that is not already there."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
-            raise SetupFailed(
-                f"this set-up reads pyproject.toml with tomllib (Python >= 3.11); "
-                f"{sys.executable} is Python {sys.version.split()[0]}: run it with "
-                f"python3.11 or newer (make setup PYTHON=python3.11), or `pip install tomli`")
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+            try:
+                from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise SetupFailed(
+                    f"this set-up reads pyproject.toml with tomllib (Python >= 3.11) or tomli; "
+                    f"{sys.executable} is Python {sys.version.split()[0]} without either: "
+                    f"`{sys.executable} -m pip install tomli`, or run it with python3.11 or newer")
+    return tomllib.loads(text)
+
+
+def check_python_version(version_info=sys.version_info) -> None:
+    """Refuse, before anything is downloaded, a Python the set-up has not been proven on."""
+    version = ".".join(map(str, version_info[:3]))
+    oldest, newest = SUPPORTED_PYTHONS
+    if tuple(version_info[:2]) < oldest:
+        raise SetupFailed(
+            f"{sys.executable} is Python {version}; pisa-train needs Python {oldest[0]}.{oldest[1]} to "
+            f"{newest[0]}.{newest[1]} (torch {TORCH_FLOOR_NOTE}): run make setup PYTHON=python3.11")
+    if tuple(version_info[:2]) > newest and not os.environ.get("PISA_TRAIN_UNTESTED_PYTHON"):
+        raise SetupFailed(
+            f"{sys.executable} is Python {version}; the set-up is proven on Python {oldest[0]}.{oldest[1]} "
+            f"to {newest[0]}.{newest[1]} (README, 'Python versions'), and newer Pythons have broken mmcv "
+            f"2.1.0's setup.py before (3.13's PEP 667): run make setup PYTHON=python3.11, or set "
+            f"PISA_TRAIN_UNTESTED_PYTHON=1 to try this one")
+
+
+def read_pins() -> dict:
+    project = load_toml((REPO_ROOT / "pyproject.toml").read_text())
     pinned = {}
     for requirement in project["project"]["dependencies"]:
         name, sep, version = requirement.partition("==")
@@ -196,16 +226,28 @@ def cached_wheel(plan: dict) -> Path | None:
 
 
 def patch_mmcv_setup_py(setup_py: Path) -> None:
-    """Make mmcv 2.1.0's setup.py build against torch >= 2.x headers.
+    """Make mmcv 2.1.0's setup.py build against torch >= 2.x headers, on Python 3.10 to 3.13.
 
     torch 2.14's headers refuse anything older than C++20 ("#error C++20 or later
     compatible compiler is required to use ATen"), and mmcv 2.1.0 hard-codes
     -std=c++17 for both the C++ and the CUDA compiler.
+
+    Its get_version() runs mmcv/version.py with exec() and reads ``__version__``
+    back from ``locals()``. Since Python 3.13 (PEP 667) locals() in a function is
+    a snapshot that exec() does not write into: ``KeyError: '__version__'``. The
+    patched version execs into a dict of its own, which works on every Python.
     """
     text = setup_py.read_text()
     patched, count = re.subn(r"c\+\+17", "c++20", text)
     if count == 0:
         raise SetupFailed(f"{setup_py} no longer names -std=c++17; the mmcv sdist changed, update patch_mmcv_setup_py")
+    patched, count = re.subn(
+        r"exec\(compile\(f\.read\(\), version_file, 'exec'\)\)(\n\s*)return locals\(\)\['__version__'\]",
+        r"namespace = {}; exec(compile(f.read(), version_file, 'exec'), namespace)\1return namespace['__version__']",
+        patched)
+    if count == 0:
+        raise SetupFailed(f"{setup_py} no longer reads __version__ from locals(); the mmcv sdist changed, "
+                          f"update patch_mmcv_setup_py")
     setup_py.write_text(patched)
 
 
@@ -348,6 +390,7 @@ def verify_environment() -> dict:
 def main() -> int:
     started = time.monotonic()
     try:
+        check_python_version()
         pins = read_pins()
         wanted = {"pins": pins, "python": sys.version.split()[0],
                   "pyproject": (REPO_ROOT / "pyproject.toml").read_text(),
