@@ -252,22 +252,25 @@ def _clone(destination: Path) -> Path:
 
 
 def _distribution_closure(names: list[str]) -> list[importlib.metadata.Distribution]:
-    """The installed distributions ``names`` and everything they require here (markers evaluated)."""
+    """The installed distributions ``names`` and everything they require here, extras included
+    (torch asks for ``cuda-toolkit[cufile,...]``), markers evaluated."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     seen: dict[str, importlib.metadata.Distribution] = {}
-    todo = list(names)
+    done: set[tuple[str, str]] = set()
+    todo = [(name, "") for name in names]
     while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen:
+        name, extra = todo.pop()
+        name = canonicalize_name(name)
+        if (name, extra) in done:
             continue
-        distribution = importlib.metadata.distribution(name)
-        seen[name] = distribution
+        done.add((name, extra))
+        distribution = seen.setdefault(name, importlib.metadata.distribution(name))
         for line in distribution.requires or []:
             requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                todo += [(requirement.name, "")] + [(requirement.name, wanted) for wanted in requirement.extras]
     return list(seen.values())
 
 
@@ -342,8 +345,8 @@ def test_a_wheelhouse_from_one_clone_installs_another_offline_on_the_machines_to
     venv_python = second / ".venv" / "bin" / "python"
     where = json.loads(subprocess.run(
         [str(venv_python), "-c", "import json, torch, mmcv, mmdet, pisa_train; print(json.dumps({m.__name__: "
-         "m.__file__ for m in (torch, mmcv, mmdet, pisa_train)}))"], env=env, capture_output=True, text=True,
-        check=True).stdout)
+         "m.__file__ for m in (torch, mmcv, mmdet, pisa_train)}))"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, check=True).stdout)
     assert where["torch"].startswith(str(tmp_path / "machine"))  # the machine's torch, not a copy
     for module in ("mmcv", "mmdet"):
         assert where[module].startswith(str(second / ".venv")), where

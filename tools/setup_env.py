@@ -218,7 +218,10 @@ def create_venv(use_system_torch: bool) -> None:
     run([sys.executable, "-m", "venv", *system_site, str(VENV)])
     if use_system_torch and in_a_venv:
         own = venv_python_json("import json, sysconfig; print(json.dumps({'p': sysconfig.get_paths()['purelib']}))")
-        (Path(own["p"]) / SYSTEM_PACKAGES_PTH).write_text("".join(f"{path}\n" for path in site.getsitepackages()))
+        # addsitedir, not bare paths: the .pth files in those folders (editable installs, namespace
+        # packages) must be read as they are for that Python itself.
+        (Path(own["p"]) / SYSTEM_PACKAGES_PTH).write_text(
+            "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages()))
 
 
 def system_torch(pins: dict) -> dict:
