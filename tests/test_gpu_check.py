@@ -206,3 +206,31 @@ def test_the_x101_training_flops_are_counted_the_same_each_time_and_grow_with_th
     # 4x the pixels: the backbone, neck and RPN cost about 4x, the RoI head's 512 RoIs the same.
     assert 1.5 * small["forward_flops_per_image"] < larger["forward_flops_per_image"] \
         < 4 * small["forward_flops_per_image"]
+
+
+@pytest.mark.slow
+def test_the_cpu_only_mmcv_venv_sees_this_environment_but_has_its_own_mmcv(tmp_path):
+    """gpu_check's cpu-mmcv-venv step, as it runs on the GPU machine, here on the CPU: a venv made by this
+    environment's Python with --use-system-torch sees this environment's packages (torch, mmdet) and gets
+    the CPU-only mmcv wheel in front of the one it sees. About a minute with the cached mmcv wheel."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import setup_env
+
+    torch_info = {"torch": torch.__version__.split("+")[0], "cuda": None, "gpu": False, "capabilities": [],
+                  "python": "cp%d%d" % sys.version_info[:2]}
+    if setup_env.cached_wheel(setup_env.mmcv_build_plan(torch_info)) is None:
+        pytest.skip("no cached CPU-only mmcv wheel for this torch: the step would build mmcv (5 to 25 minutes)")
+    step = next(step for step in gpu_check.plan(tmp_path, sys.executable, None) if step.name == "cpu-mmcv-venv")
+    venv = tmp_path / "cpu-mmcv"
+    command = [venv if part == str(gpu_check.CPU_MMCV_VENV) else part for part in step.command]
+    result = subprocess.run(list(map(str, command)), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+                            env={**{k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"},
+                                 **step.env})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    where = json.loads(subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import json, mmcv, mmdet, torch; print(json.dumps({m.__name__: "
+         "m.__file__ for m in (mmcv, mmdet, torch)}))"], cwd=tmp_path, capture_output=True, text=True,
+        check=True).stdout)
+    assert where["mmcv"].startswith(str(venv))
+    here = Path(torch.__file__).parents[1]
+    assert where["torch"].startswith(str(here)) and where["mmdet"].startswith(str(here))

@@ -486,6 +486,11 @@ def install_packages(pins: dict, mmcv_wheel: Path, torch_info: dict) -> None:
         installed_mmcv = installed_version("mmcv")
         say(f"installing mmcv from {mmcv_wheel.name}" if installed_mmcv != pins["pinned"]["mmcv"]
             else "mmcv already installed; checking the other packages")
+        if installed_mmcv and not mmcv_is_the_venvs_own():
+            # The venv sees another environment's mmcv (--use-system-torch; gpu_check's CPU-only
+            # venv beside a CUDA one): pip would call that one good enough. Put this wheel in front.
+            say(f"installing {mmcv_wheel.name} into {shown_path(VENV)}/, in front of the mmcv it sees outside it")
+            pip("install", "--quiet", "--no-deps", "--force-reinstall", str(mmcv_wheel))
         requirements = package_requirements(pins)
         say("installing " + ", ".join(requirements) + (f" from {OFFLINE_FROM} (no index)" if OFFLINE_FROM else ""))
         pip("install", "--quiet", "-c", constraints.name, str(mmcv_wheel), *requirements)
@@ -495,6 +500,12 @@ def install_packages(pins: dict, mmcv_wheel: Path, torch_info: dict) -> None:
         pip("install", "--quiet", "--no-deps", "--no-build-isolation", "-e", str(REPO_ROOT))
     finally:
         os.unlink(constraints.name)
+
+
+def mmcv_is_the_venvs_own() -> bool:
+    where = venv_python_json("import json, importlib.metadata as m\n"
+                             "print(json.dumps({'at': str(m.distribution('mmcv').locate_file(''))}))")["at"]
+    return Path(where).resolve().is_relative_to(VENV.resolve())
 
 
 def verify_environment() -> dict:
