@@ -5,6 +5,7 @@ built in the test, and says so in its machine name."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -224,8 +225,7 @@ def test_the_cpu_only_mmcv_venv_sees_this_environment_but_has_its_own_mmcv(tmp_p
     venv = tmp_path / "cpu-mmcv"
     command = [venv if part == str(gpu_check.CPU_MMCV_VENV) else part for part in step.command]
     result = subprocess.run(list(map(str, command)), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
-                            env={**{k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"},
-                                 **step.env})
+                            env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **step.env})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     where = json.loads(subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import json, mmcv, mmdet, torch; print(json.dumps({m.__name__: "
