@@ -5,11 +5,26 @@ VENV := .venv
 DEMO_CONFIG := configs/pisa_faster_rcnn_r18_fpn_demo_shapes.py
 DEMO_WORK_DIR := work_dirs/pisa_faster_rcnn_r18_fpn_demo_shapes
 PYTEST_ARGS ?=
+# e.g. SETUP_ARGS="--offline wheelhouse --use-system-torch" (README, "Offline install")
+SETUP_ARGS ?=
+WHEELHOUSE ?= wheelhouse
+TARGET_HAS ?=
+TARGET_PYTHON ?=
 
-.PHONY: setup demo test
+.PHONY: setup demo test wheelhouse gpu-check
 
 setup:
-	@$(PYTHON) tools/setup_env.py
+	@$(PYTHON) tools/setup_env.py $(SETUP_ARGS)
+
+# The files for an offline install, torch aside, into $(WHEELHOUSE)/ (README, "Offline install"):
+# TARGET_HAS=freeze.txt leaves out what the target already has, TARGET_PYTHON=3.12 its Python's wheels.
+wheelhouse:
+	@$(PYTHON) tools/setup_env.py --wheelhouse $(WHEELHOUSE) $(if $(TARGET_HAS),--target-has $(TARGET_HAS)) \
+		$(if $(TARGET_PYTHON),--target-python $(TARGET_PYTHON))
+
+# Every GPU check and benchmark, on a GPU machine after the set-up (README, "GPU check").
+gpu-check:
+	tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # Train the demo (continuing a finished or interrupted demo run rather than
 # starting it over), then evaluate its last checkpoint.

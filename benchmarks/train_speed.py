@@ -34,6 +34,13 @@ AmpOptimWrapper with ``dtype='bfloat16'``, set in the generated config. mmengine
 AmpOptimWrapper asserts a GPU, so amp and bf16 are refused on a machine without one.
 ``--mode all`` runs fp32, amp and bf16 one after another (``--mode`` also repeats).
 
+Model FLOPs utilisation (MFU, ``--flops``; on by default on a GPU): the model's FLOPs for one
+training image (mmengine's get_model_complexity_info, which counts a multiply-add as one, so x2,
+at the benchmark's size: backbone, neck and RPN head on the image and the RoI head on the sampler's
+512 RoIs, as in training; forward x3 for forward and backward) times images/s, over the GPU's
+peak dense rate for the mode's precision (PEAK_DENSE_TFLOPS below: fp32 runs cuDNN's
+convolutions in TF32, PyTorch's default, so its peak is the TF32 rate; amp is fp16, bf16 bf16).
+
 A measurement, not a test (tests/test_train_speed_benchmark.py runs it small). The run folders
 (data, configs, work dirs, each command's output in ``<tool>.log``) stay under --out-dir.
 Exit code 0 when every run finished, 1 when one failed: its exit code and last output line are
@@ -45,6 +52,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -238,24 +246,124 @@ def machine_name(gpu_name: str | None) -> str:
     return f"{gpu_name} ({cores})" if gpu_name else f"{cores}, no GPU"
 
 
+def utilisation(result: dict) -> str:
+    if "mfu" not in result:
+        return "n/a"
+    peak = result["peak_tflops"]
+    return f"{100 * result['mfu']:.1f}% of {peak['value']:g} {peak['precision']} TFLOPS ({peak['gpu']})"
+
+
 def markdown_table(record: dict) -> list[str]:
     lines = ["| machine | command | mode | image | batch | s/iter | data s/iter | images/s | peak memory (MiB) "
-             "| s/iter vs mmdet |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| s/iter vs mmdet | MFU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     size = "x".join(map(str, record["image_size"]))
     for run in record["runs"]:
         for tool in TOOLS:
             result = run[tool]
             start = f"| {record['machine']} | {tool} | {run['mode']} | {size} | {record['batch']} |"
             if "s_per_iter" not in result:
-                lines.append(f"{start} failed: {result['error']} | | | | |")
+                lines.append(f"{start} failed: {result['error']} | | | | | |")
                 continue
             versus = ("1 (reference)" if tool == "mmdet"
                       else f"{run['ratio_s_per_iter']:.3f}" if run["ratio_s_per_iter"] else "n/a (mmdet failed)")
             lines.append(f"{start} {result['s_per_iter']:.3f} | {result['data_s_per_iter']:.3f} | "
                          f"{result['images_per_s']:.3f} | {result['peak_memory_mib']:.0f} "
-                         f"({result['peak_memory_kind']}) | {versus} |")
+                         f"({result['peak_memory_kind']}) | {versus} | {utilisation(result)} |")
     return lines
+
+
+# ---- how close to the hardware ---------------------------------------------------------------
+
+# Peak dense (no structured sparsity) tensor-core rates in TFLOPS from NVIDIA's datasheets, which
+# quote the sparse rate, twice these, with an asterisk. Matched in order against
+# torch.cuda.get_device_name (H100 SXM reports itself as "NVIDIA H100 80GB HBM3").
+PEAK_DENSE_TFLOPS = (
+    (r"H100 NVL", "H100 NVL", dict(tf32=417.5, fp16=835.5, bf16=835.5),
+     "https://www.nvidia.com/en-us/data-center/h100/ (datasheet, H100 NVL column)"),
+    (r"H100 PCIe", "H100 PCIe", dict(tf32=378.0, fp16=756.0, bf16=756.0),
+     "https://www.nvidia.com/en-us/data-center/h100/ (datasheet, H100 PCIe column)"),
+    (r"H100", "H100 SXM", dict(tf32=494.5, fp16=989.5, bf16=989.5),
+     "https://www.nvidia.com/en-us/data-center/h100/ (datasheet, H100 SXM column)"),
+    (r"H200 NVL", "H200 NVL", dict(tf32=417.5, fp16=835.5, bf16=835.5),
+     "https://www.nvidia.com/en-us/data-center/h200/ (datasheet, H200 NVL column)"),
+    (r"H200", "H200 SXM", dict(tf32=494.5, fp16=989.5, bf16=989.5),
+     "https://www.nvidia.com/en-us/data-center/h200/ (datasheet, H200 SXM column)"),
+    (r"A100", "A100", dict(tf32=156.0, fp16=312.0, bf16=312.0),
+     "https://www.nvidia.com/en-us/data-center/a100/ (datasheet; SXM and PCIe alike)"),
+    (r"L40S", "L40S", dict(tf32=183.0, fp16=362.05, bf16=362.05),
+     "https://www.nvidia.com/en-us/data-center/l40s/ (datasheet)"),
+    (r"\bA10\b", "A10", dict(tf32=62.5, fp16=125.0, bf16=125.0),
+     "https://www.nvidia.com/en-us/data-center/products/a10-gpu/ (datasheet)"),
+    (r"\bL4\b", "L4", dict(tf32=60.0, fp16=121.0, bf16=121.0),
+     "https://www.nvidia.com/en-us/data-center/l4/ (datasheet)"),
+)
+# The precision whose peak a mode is measured against (fp32: cuDNN convolutions in TF32 by default).
+MODE_PRECISION = dict(fp32="tf32", amp="fp16", bf16="bf16")
+
+
+def peak_dense_tflops(gpu_name: str | None, mode: str) -> tuple[float, str, str] | None:
+    """(TFLOPS, the GPU as the table names it, source) for the mode's precision, or None when not listed."""
+    for pattern, label, rates, source in PEAK_DENSE_TFLOPS:
+        if gpu_name and re.search(pattern, gpu_name):
+            return rates[MODE_PRECISION[mode]], label, source
+    return None
+
+
+def model_flops_utilisation(forward_flops_per_image: float, images_per_s: float, peak_tflops: float) -> float:
+    """Training FLOPs per second (forward x3: the backward pass costs about twice the forward) over the peak."""
+    return 3 * forward_flops_per_image * images_per_s / (peak_tflops * 1e12)
+
+
+def training_forward_flops(config: Path, width: int, height: int, device: str = "cpu") -> dict:
+    """FLOPs of one training image's forward pass at width x height: backbone, neck and RPN head on the
+    image, the RoI head on as many RoIs as the training sampler keeps per image (fixed boxes, so the
+    count does not depend on how many proposals an untrained RPN lets through). mmengine counts a
+    multiply-add as one FLOP (fvcore's convention): doubled here."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.analysis import get_model_complexity_info
+    from mmengine.config import Config
+
+    register_all_modules()
+    cfg = Config.fromfile(str(config))
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).to(device).eval()
+    rois_per_image = int(cfg.model.train_cfg.rcnn.sampler.num)
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(rois_per_image, 2, 2, generator=generator) * torch.tensor([width, height])
+    rois = torch.cat([torch.zeros(rois_per_image, 1), corners.min(1).values, corners.max(1).values + 1], 1)
+
+    class TrainingForward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            features = self.model.extract_feat(image)
+            rpn_scores, rpn_boxes = self.model.rpn_head(features)
+            head = self.model.roi_head._bbox_forward(features, rois.to(image.device))
+            return rpn_scores, rpn_boxes, head["cls_score"], head["bbox_pred"]
+
+    image = torch.rand(1, 3, height, width, device=device)
+    with torch.no_grad():
+        counted = get_model_complexity_info(TrainingForward(), inputs=(image,), show_table=False, show_arch=False)
+    return dict(forward_flops_per_image=2 * counted["flops"], rois_per_image=rois_per_image,
+                image_size=[width, height], counted_by="mmengine.analysis.get_model_complexity_info (x2)")
+
+
+def add_utilisation(record: dict, gpu_name: str | None) -> None:
+    """Each finished run's MFU against the GPU's peak for its mode, where both are known."""
+    flops = record.get("flops", {}).get("forward_flops_per_image")
+    for run in record["runs"]:
+        peak = peak_dense_tflops(gpu_name, run["mode"])
+        for tool in TOOLS:
+            result = run.get(tool, {})
+            if flops and peak and "images_per_s" in result:
+                result["mfu"] = round(model_flops_utilisation(flops, result["images_per_s"], peak[0]), 4)
+                result["peak_tflops"] = dict(value=peak[0], precision=MODE_PRECISION[run["mode"]], gpu=peak[1],
+                                             source=peak[2])
 
 
 # ---- the benchmark ---------------------------------------------------------------------------
@@ -274,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=REPO / "work_dirs" / "train_speed",
                         help="where each invocation's data, configs and work dirs go (in a folder of its own)")
     parser.add_argument("--json", metavar="FILE", help="also write the record to FILE")
+    parser.add_argument("--flops", action=argparse.BooleanOptionalAction, default=None,
+                        help="count the model's FLOPs and report MFU (default: on a GPU)")
     return parser
 
 
@@ -336,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
             run[tool] = result
         run["ratio_s_per_iter"] = ratio(run)
         record["runs"].append(run)
+
+    if args.flops if args.flops is not None else gpu_name is not None:
+        print("[train_speed] counting the model's FLOPs per training image", file=sys.stderr, flush=True)
+        record["flops"] = training_forward_flops(CONFIG, width, height, "cuda" if gpu_name else "cpu")
+        add_utilisation(record, gpu_name)
 
     text = json.dumps(record, indent=2)
     print(text)

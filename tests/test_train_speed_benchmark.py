@@ -130,8 +130,8 @@ def test_the_table_names_the_machine_and_a_failed_run():
            "mmdet": dict(error="exit code 1: RuntimeError: boom")})])
     assert train_speed.markdown_table(record)[2:] == [
         "| Some CPU, 2 cores, no GPU | pisa-train | fp32 | 160x96 | 1 | 7.000 | 0.010 | 0.143 | 2048 (peak RSS) | "
-        "n/a (mmdet failed) |",
-        "| Some CPU, 2 cores, no GPU | mmdet | fp32 | 160x96 | 1 | failed: exit code 1: RuntimeError: boom | | | | |"]
+        "n/a (mmdet failed) | n/a |",
+        "| Some CPU, 2 cores, no GPU | mmdet | fp32 | 160x96 | 1 | failed: exit code 1: RuntimeError: boom | | | | | |"]
     assert train_speed.ratio({"pisa-train": dict(s_per_iter=7.0), "mmdet": dict(s_per_iter=5.0)}) == 1.4
 
 
@@ -170,4 +170,4 @@ def test_the_benchmark_times_pisa_train_and_mmdet_on_the_cpu(tmp_path):
     assert json.loads(result.stdout[:result.stdout.rindex("}") + 1]) == record  # the same record on stdout
     rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {record['machine']} |")]
     assert [row.split(" | ")[1:3] for row in rows] == [["pisa-train", "fp32"], ["mmdet", "fp32"]]
-    assert rows[1].endswith("| 1 (reference) |")
+    assert rows[1].endswith("| 1 (reference) | n/a |")  # no MFU without a GPU

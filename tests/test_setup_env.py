@@ -1,0 +1,359 @@
+"""tools/setup_env.py: the Pythons it accepts, the mmcv sdist patches, the wheelhouse and (slow) an
+offline install from a wheelhouse onto a machine's own torch, which then trains the demo."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from local_http_server import LocalHTTPServer
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import package_index  # noqa: E402
+import setup_env  # noqa: E402
+import wheelhouse  # noqa: E402
+
+SETUP_ENV = REPO_ROOT / "tools" / "setup_env.py"
+
+
+def _python(minor: int) -> str | None:
+    """A Python 3.<minor> that runs: on PATH, or among pyenv's versions (whose shims need PYENV_VERSION)."""
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which(f"python3.{minor}"),
+                  *map(str, sorted(pyenv_root.glob(f"versions/3.{minor}.*/bin/python3.{minor}")))]
+    for python in filter(None, candidates):
+        if subprocess.run([python, "-c", "1"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def test_pythons_outside_3_10_to_3_13_are_refused_with_the_ones_that_work():
+    for accepted in ((3, 10, 13), (3, 11, 7), (3, 12, 1), (3, 13, 0)):
+        setup_env.check_python_version(accepted, python="py")
+    with pytest.raises(setup_env.SetupFailed) as old:
+        setup_env.check_python_version((3, 9, 18), python="/usr/bin/python3.9")
+    assert str(old.value) == (
+        "/usr/bin/python3.9 is Python 3.9.18; pisa-train needs Python 3.10 to 3.13 (torch 2.14 has no wheels for "
+        "older Pythons, and pisa-train's code needs 3.10): run make setup PYTHON=python3.11")
+    with pytest.raises(setup_env.SetupFailed) as new:
+        setup_env.check_python_version((3, 14, 0), python="python3.14")
+    assert str(new.value) == (
+        "python3.14 is Python 3.14.0; the set-up is proven on Python 3.10 to 3.13 (README, 'Python versions'), "
+        "and newer Pythons have broken mmcv 2.1.0's setup.py before (3.13's PEP 667): run make setup "
+        "PYTHON=python3.11, or set PISA_TRAIN_UNTESTED_PYTHON=1 to try this one")
+
+
+def test_an_old_python_is_refused_in_one_line_before_anything_is_created(tmp_path):
+    """A real run of the script by a Python it refuses (one is found beside this one by pyenv, else the check
+    runs with a version passed in above only)."""
+    old = _python(9) or _python(8)
+    if old is None:
+        pytest.skip("no Python older than 3.10 on this machine to run the script with")
+    result = subprocess.run([old, str(SETUP_ENV), "--venv", str(tmp_path / "venv")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert re.fullmatch(r"\[setup\] error: \S+ is Python 3\.[89]\.\d+; pisa-train needs Python 3\.10 to 3\.13 "
+                        r"\(torch 2\.14 has no wheels for older Pythons, and pisa-train's code needs 3\.10\): run "
+                        r"make setup PYTHON=python3\.11\n", result.stderr), result.stderr
+    assert result.stdout == "" and not (tmp_path / "venv").exists()
+
+
+def test_pyproject_is_read_on_python_3_10_without_tomllib_or_tomli():
+    """Python 3.10 has no tomllib, and a fresh 3.10 no tomli: the set-up uses the tomli inside pip."""
+    code = ("import sys; sys.modules['tomllib'] = None; sys.modules['tomli'] = None\n"
+            f"sys.path.insert(0, {str(REPO_ROOT / 'tools')!r}); import setup_env\n"
+            "pins = setup_env.read_pins(); print(pins['torch'], pins['pinned']['mmcv'], pins['torch_floor'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2.14.1", "2.1.0", "2.1"]
+
+
+@pytest.fixture(scope="module")
+def mmcv_sdist():
+    """mmcv 2.1.0's sdist as the set-up gets it (the cache, else the package index)."""
+    return setup_env.mmcv_sdist(setup_env.read_pins()["pinned"]["mmcv"])
+
+
+def test_upstream_mmcv_2_1_0_setup_py_is_patched_for_cpp20_and_python_3_13(mmcv_sdist, tmp_path, monkeypatch):
+    with tarfile.open(mmcv_sdist) as archive:
+        archive.extractall(tmp_path, filter="data")
+    source = tmp_path / "mmcv-2.1.0"
+    original = (source / "setup.py").read_text()
+    # Upstream as the patch expects it: C++17 and __version__ read back from locals() after exec.
+    assert "-std=c++17" in original and "return locals()['__version__']" in original
+    setup_env.patch_mmcv_setup_py(source / "setup.py")
+    patched = (source / "setup.py").read_text()
+    assert "c++17" not in patched and patched.count("-std=c++20") == 3
+    get_version = re.search(r"def get_version\(\):.*?\n\n", patched, re.S).group(0)
+    namespace: dict = {}
+    exec(get_version, namespace)
+    monkeypatch.chdir(source)  # get_version opens mmcv/version.py relative to the sdist
+    assert namespace["get_version"]() == "2.1.0"
+    # Why: on Python 3.13 the unpatched function fails, where this Python is there to show it.
+    python313 = _python(13)
+    if python313:
+        unpatched = re.search(r"def get_version\(\):.*?\n\n", original, re.S).group(0)
+        for code, expected in ((unpatched, "KeyError: '__version__'"), (get_version, "2.1.0")):
+            run = subprocess.run([python313, "-c", code + "\nprint(get_version())"], cwd=source,
+                                 capture_output=True, text=True)
+            assert expected in run.stdout + run.stderr
+
+
+def test_a_changed_sdist_is_reported_not_half_patched(tmp_path):
+    setup_py = tmp_path / "setup.py"
+    setup_py.write_text("extra_compile_args = ['-std=c++20']\n")
+    with pytest.raises(setup_env.SetupFailed, match="no longer names -std=c\\+\\+17; the mmcv sdist changed"):
+        setup_env.patch_mmcv_setup_py(setup_py)
+    assert setup_py.read_text() == "extra_compile_args = ['-std=c++20']\n"
+
+
+# ---- the package index -------------------------------------------------------------------------
+
+def test_the_sdist_comes_from_the_index_checked_against_its_sha256(tmp_path):
+    import hashlib
+
+    payload = b"an sdist's bytes"
+    digest = hashlib.sha256(payload).hexdigest()
+    files = {
+        "/simple/mmcv/": (f'<html><body><a href="../../files/mmcv-2.0.0.tar.gz#sha256={"0" * 64}">mmcv-2.0.0.tar.gz'
+                          f'</a><a href="../../files/mmcv-2.1.0.tar.gz#sha256={digest}">mmcv-2.1.0.tar.gz</a>'
+                          f'</body></html>').encode(),
+        "/files/mmcv-2.1.0.tar.gz": payload,
+        "/simple/broken/": f'<a href="/files/broken-1.0.tar.gz#sha256={"1" * 64}">broken-1.0.tar.gz</a>'.encode(),
+        "/files/broken-1.0.tar.gz": payload,
+    }
+    with LocalHTTPServer(files=files) as server:
+        base_url = server.base_url
+        index = base_url + "/simple/"
+        sdist = package_index.download_sdist("mmcv", "2.1.0", tmp_path / "out", index=index)
+        assert sdist == tmp_path / "out" / "mmcv-2.1.0.tar.gz" and sdist.read_bytes() == payload
+        with pytest.raises(package_index.IndexProblem) as bad:
+            package_index.download_sdist("broken", "1.0", tmp_path / "out", index=index)
+        assert str(bad.value) == (f"{base_url}/files/broken-1.0.tar.gz has SHA-256 {digest}, but the index says "
+                                  f"{'1' * 64}; not using it")
+        with pytest.raises(package_index.IndexProblem) as missing:
+            package_index.download_sdist("mmcv", "9.9.9", tmp_path / "out", index=index)
+        assert str(missing.value) == f"the index {index}mmcv/ lists no mmcv-9.9.9.tar.gz"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mmcv-2.1.0.tar.gz"]  # nothing partial
+
+
+# ---- the wheelhouse ----------------------------------------------------------------------------
+
+def test_a_target_freeze_is_read_as_names_and_public_versions():
+    freeze = "\n".join([
+        "numpy==1.26.4", "PyYAML==6.0.1", "opencv_python==4.10.0.84", "torch==2.11.0+cu130",
+        "scipy @ file:///home/conda/feedstock_root/build_artifacts/scipy_1716", "# a comment", "",
+        "-e git+https://github.com/someone/tool.git@abc123#egg=some_tool", "--extra-index-url https://x/simple",
+        "requests[socks]==2.32.3"])
+    assert wheelhouse.read_freeze(freeze) == {
+        "numpy": "1.26.4", "pyyaml": "6.0.1", "opencv-python": "4.10.0.84", "torch": "2.11.0", "scipy": None,
+        "some-tool": None, "requests": "2.32.3"}
+
+
+def test_file_kinds_and_names():
+    assert wheelhouse.file_kind("mmdet-3.3.0-py3-none-any.whl") == "pure Python"
+    assert wheelhouse.file_kind("shapely-2.2.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl") == \
+        "platform-specific (manylinux_2_24_x86_64.manylinux_2_28_x86_64)"
+    assert wheelhouse.file_kind("mmcv-2.1.0.tar.gz") == "sdist"
+    assert wheelhouse.distribution_of("PyYAML-6.0.2-cp311-cp311-linux_x86_64.whl") == "pyyaml"
+    assert wheelhouse.distribution_of("faster_coco_eval-1.8.0-cp311-cp311-linux_x86_64.whl") == "faster-coco-eval"
+    assert wheelhouse.distribution_of("mmcv-2.1.0.tar.gz") == "mmcv"
+
+
+def test_an_offline_install_refuses_a_damaged_wheelhouse_in_one_line(tmp_path):
+    house = tmp_path / "house"
+    house.mkdir()
+    (house / "addict-2.4.0-py3-none-any.whl").write_bytes(b"wheel bytes")
+    wheelhouse.write_manifest(house, target_python="3.11", left_out={}, requirements=["addict"])
+    assert wheelhouse.verify(house)["total_bytes"] == len(b"wheel bytes")
+    (house / "addict-2.4.0-py3-none-any.whl").write_bytes(b"wheel byteZ")
+    result = subprocess.run([sys.executable, str(SETUP_ENV), "--offline", str(house), "--use-system-torch",
+                             "--venv", str(tmp_path / "venv")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr == (f"[setup] error: {house}/addict-2.4.0-py3-none-any.whl differs from its SHA-256 in "
+                             f"{house}/manifest.json (a broken or partial copy?); copy the whole folder again\n")
+    assert not (tmp_path / "venv").exists()
+    (house / "manifest.json").unlink()
+    result = subprocess.run([sys.executable, str(SETUP_ENV), "--offline", str(house), "--venv",
+                             str(tmp_path / "venv")], capture_output=True, text=True, timeout=120)
+    assert result.stderr == (f"[setup] error: {house} has no manifest.json: it is not a folder written by "
+                             f"`tools/setup_env.py --wheelhouse` (make wheelhouse)\n")
+
+
+def test_use_system_torch_refuses_a_python_without_torch_in_one_line(tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    result = subprocess.run([str(bare / "bin" / "python"), str(SETUP_ENV), "--use-system-torch", "--venv",
+                             str(tmp_path / "venv")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"[setup] error: --use-system-torch: {bare}/bin/python cannot import torch and torchvision "
+        f"(ModuleNotFoundError: No module named 'torch'); install them there first, or leave out "
+        f"--use-system-torch to install torch 2.14.1 into the venv\n")
+    assert not (tmp_path / "venv").exists()
+
+
+def test_use_system_torch_refuses_a_torch_older_than_the_project_supports(tmp_path):
+    """A torch 1.13 cannot be installed for real on this Python (no wheels for 3.11), so a stand-in
+    package that only carries the version numbers takes its place: the check reads nothing else."""
+    stand_in = tmp_path / "old-torch"
+    for package, version in (("torch", "1.13.1+cu117"), ("torchvision", "0.14.1")):
+        (stand_in / package).mkdir(parents=True)
+        (stand_in / package / "__init__.py").write_text(
+            f"__version__ = {version!r}\nclass version:\n    cuda = '11.7'\n")
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    result = subprocess.run([str(bare / "bin" / "python"), str(SETUP_ENV), "--use-system-torch", "--venv",
+                             str(tmp_path / "venv")], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(stand_in)))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"[setup] error: --use-system-torch: {bare}/bin/python has torch 1.13.1+cu117, older than 2.1, the oldest "
+        f"pisa-train supports (mmcv 2.1.0 is built from source against torch's C++ API; pyproject.toml: "
+        f"torch>=2.1); upgrade torch there, or leave out --use-system-torch\n")
+
+
+def test_offline_without_a_torch_needs_use_system_torch(tmp_path):
+    house = tmp_path / "house"
+    house.mkdir()
+    wheelhouse.write_manifest(house, target_python="3.11", left_out={}, requirements=[])
+    result = subprocess.run([sys.executable, str(SETUP_ENV), "--offline", str(house), "--venv",
+                             str(tmp_path / "venv")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"[setup] error: --offline {house} without --use-system-torch needs torch and torchvision wheels, and a "
+        f"wheelhouse leaves them out: add --use-system-torch to use the machine's torch, or copy torch==2.14.1 and "
+        f"torchvision==0.29.1 wheels into {house}")
+
+
+# ---- (slow) the offline install, end to end ----------------------------------------------------
+
+def _clone(destination: Path) -> Path:
+    """A fresh copy of the repository's files (tracked and new, not ignored): what `git clone` of this
+    working tree would give once committed."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def _distribution_closure(names: list[str]) -> list[importlib.metadata.Distribution]:
+    """The installed distributions ``names`` and everything they require here, extras included
+    (torch asks for ``cuda-toolkit[cufile,...]``), markers evaluated."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    done: set[tuple[str, str]] = set()
+    todo = [(name, "") for name in names]
+    while todo:
+        name, extra = todo.pop()
+        name = canonicalize_name(name)
+        if (name, extra) in done:
+            continue
+        done.add((name, extra))
+        distribution = seen.setdefault(name, importlib.metadata.distribution(name))
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                todo += [(requirement.name, "")] + [(requirement.name, wanted) for wanted in requirement.extras]
+    return list(seen.values())
+
+
+def _machine_python_with_torch(root: Path) -> Path:
+    """A venv standing for a GPU machine's Python: torch, torchvision and their dependencies, and nothing of
+    pisa-train's. They are this environment's own installed files, hard-linked (copied across file systems)
+    by their RECORD, as pip would have unpacked the same wheels: installing torch again would copy GBs."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site = Path(subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                                "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    here = Path(sysconfig.get_paths()["purelib"])
+    for distribution in _distribution_closure(["torch", "torchvision"]):
+        for file in distribution.files or []:
+            if str(file).startswith(".."):
+                continue  # console scripts in bin/: not needed to import torch
+            source, target = here / file, site / file
+            if not source.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+    return root / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_a_wheelhouse_from_one_clone_installs_another_offline_on_the_machines_torch_which_trains(tmp_path):
+    """The offline install, as on a GPU cluster without network (README, 'Offline install'): a fresh clone
+    writes a wheelhouse for a machine whose `pip freeze` it is given; a second fresh clone, run by that
+    machine's Python (torch preinstalled, nothing else of ours), installs from the wheelhouse alone with
+    PIP_NO_INDEX=1 and no pip configuration, using the mmcv wheel cached for this torch (CPU ops here),
+    and the demo trains 2 iterations. 3 to 6 minutes on 2 cores."""
+    torch_info = {"torch": importlib.metadata.version("torch").split("+")[0], "cuda": None, "gpu": False,
+                  "capabilities": [], "python": "cp%d%d" % sys.version_info[:2]}
+    os.environ.pop("PISA_MMCV_CUDA", None)
+    plan = setup_env.mmcv_build_plan(torch_info)
+    if setup_env.cached_wheel(plan) is None:
+        pytest.skip(f"no cached mmcv wheel {plan['wheel_dir']}: this test would build mmcv (5 to 25 minutes)")
+
+    machine_python = _machine_python_with_torch(tmp_path / "machine")
+    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--path",
+                             str(next((tmp_path / "machine" / "lib").glob("python3*/site-packages")))],
+                            capture_output=True, text=True, check=True).stdout
+    (tmp_path / "machine-freeze.txt").write_text(freeze)
+    assert re.search(r"^torch==", freeze, re.M) and not re.search(r"^mm(det|cv|engine)==", freeze, re.M)
+
+    first = _clone(tmp_path / "first")
+    house = tmp_path / "wheelhouse"
+    written = subprocess.run([sys.executable, "tools/setup_env.py", "--wheelhouse", str(house), "--target-has",
+                              str(tmp_path / "machine-freeze.txt")], cwd=first, capture_output=True, text=True,
+                             timeout=900)
+    assert written.returncode == 0, written.stdout[-3000:] + written.stderr[-3000:]
+    manifest = json.loads((house / "manifest.json").read_text())
+    files = {entry["file"]: entry for entry in manifest["files"]}
+    assert sorted(files) == sorted(p.name for p in house.iterdir() if p.name != "manifest.json")
+    assert manifest["total_bytes"] == sum(p.stat().st_size for p in house.iterdir() if p.name != "manifest.json")
+    assert "mmcv-2.1.0.tar.gz" in files and any(name.startswith("mmdet-3.3.0-") for name in files)
+    names = {wheelhouse.distribution_of(name) for name in files}
+    assert not names & {"torch", "torchvision", "numpy", "pillow", "sympy"}  # the machine has them
+    assert {"numpy", "pillow"} <= set(manifest["left_out_as_the_target_has_them"])
+    assert files[next(n for n in files if n.startswith("mmdet-"))]["kind"] == "pure Python"
+
+    second = _clone(tmp_path / "second")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    env.update(PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull, PYTHONPATH="")
+    installed = subprocess.run([str(machine_python), "tools/setup_env.py", "--offline", str(house),
+                                "--use-system-torch"], cwd=second, env=env, capture_output=True, text=True,
+                               timeout=1200)
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    assert f"using the cached mmcv wheel {setup_env.cached_wheel(plan)}" in installed.stdout
+    venv_python = second / ".venv" / "bin" / "python"
+    where = json.loads(subprocess.run(
+        [str(venv_python), "-c", "import json, torch, mmcv, mmdet, pisa_train; print(json.dumps({m.__name__: "
+         "m.__file__ for m in (torch, mmcv, mmdet, pisa_train)}))"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, check=True).stdout)
+    assert where["torch"].startswith(str(tmp_path / "machine"))  # the machine's torch, not a copy
+    for module in ("mmcv", "mmdet"):
+        assert where[module].startswith(str(second / ".venv")), where
+    assert where["pisa_train"].startswith(str(second / "pisa_train"))
+
+    trained = subprocess.run([str(second / ".venv" / "bin" / "pisa-train"), "configs/pisa_faster_rcnn_r18_fpn_"
+                              "demo_shapes.py", "--max-iters", "2", "--work-dir", str(tmp_path / "work")],
+                             cwd=second, env=env, capture_output=True, text=True, timeout=900)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert (tmp_path / "work" / "iter_2.pth").is_file()
