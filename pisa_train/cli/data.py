@@ -1,13 +1,13 @@
-"""``pisa-data``: get datasets and pretrained weights, and check a dataset folder.
+"""``pisa-data``: get datasets and pretrained weights, check a dataset folder, write the synthetic one.
 
     pisa-data download coco2017 --dest data/coco
     pisa-data download URL --dest data/NAME      (Roboflow COCO export link, or a zip/tar)
     pisa-data check DIR
-    pisa-data weights [--dest DIR] [--only NAME]
+    pisa-data weights [--dest DIR] [--only NAME]  (fetch/weights.py: mirrors, verified)
+    pisa-data synthetic --dest DIR [--seed N]
 
-Downloads resume after an interruption, are verified, and are skipped when
-already done. This command prepares files; it does not train (pisa-train does)
-and imports neither torch nor mmdet.
+Downloads resume after an interruption, are verified, and are skipped when already
+done. It prepares files; pisa-train trains. Only ``weights`` imports torch (mmengine's tables).
 """
 from __future__ import annotations
 
@@ -42,20 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check", parents=[common], help="validate a dataset folder and print its table",
-        description="Check a COCO-format dataset folder: annotation files, images and boxes. "
-                    "Exits non-zero when it finds errors; warnings alone exit 0.")
+        description="Check a COCO dataset folder (annotations, images, boxes); exit non-zero on errors, not warnings.")
     check.add_argument("folder", metavar="DIR", help="dataset folder (Roboflow, COCO 2017, or json + images/)")
-    check.add_argument("--quick", action="store_true",
-                       help="only check that image files exist, without opening them")
+    check.add_argument("--quick", action="store_true", help="only check that image files exist, without opening them")
 
     weights = commands.add_parser(
         "weights", parents=[common], help="download the pretrained weights the configs use",
-        description="Fetch the ImageNet ResNeXt-101 32x4d backbone and the released PISA checkpoint into "
-                    "the folder where mmengine looks for them ($TORCH_HOME/hub/checkpoints).")
+        description="Fetch checkpoints (default: ResNeXt-101 32x4d and the PISA X101 model) from the mirrors in "
+                    "$PISA_TRAIN_WEIGHT_MIRRORS, their URL, then mmassets.onedl.ai, verified, into the torch hub.")
     weights.add_argument("--dest", help="folder to put them in instead (then point TORCH_HOME or the config at it)")
     weights.add_argument("--only", action="append", metavar="NAME",
-                         help="fetch only these (repeatable): resnext101_32x4d, "
-                              "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco")
+                         help="fetch these instead (repeatable): a released model (pisa-train --list), a name of "
+                              "mmengine's open-mmlab:// table (resnext101_32x4d), torchvision://resnet50, an URL")
+
+    synthetic = commands.add_parser(
+        "synthetic", parents=[common], help="write the synthetic shapes dataset (boxes and masks)",
+        description="Write the demo's synthetic COCO dataset (300+60 images of 128 px, boxes and masks) into --dest.")
+    synthetic.add_argument("--dest", required=True, help="dataset folder to create")
+    synthetic.add_argument("--seed", type=int, default=0, help="random seed (default 0: the demo's dataset)")
     return parser
 
 
@@ -92,13 +96,20 @@ def run_weights(args: argparse.Namespace) -> int:
     for path in paths:
         print(f"ready: {path}", flush=True)
     if args.dest is not None and paths and paths[0].parent.resolve() != torch_checkpoints_dir().resolve():
-        print(f"note: mmengine looks in {torch_checkpoints_dir()}; set TORCH_HOME so that "
-              f"$TORCH_HOME/hub/checkpoints is {paths[0].parent}, or give the file path in the config",
-              flush=True)
+        print(f"note: mmengine looks in {torch_checkpoints_dir()}; set TORCH_HOME so that $TORCH_HOME/hub/checkpoints "
+              f"is {paths[0].parent}, or give the file path in the config", flush=True)
     return 0
 
 
-_COMMANDS = {"download": run_download, "check": run_check, "weights": run_weights}
+def run_synthetic(args: argparse.Namespace) -> int:
+    from pisa_train.data.synthetic_shapes import DEMO_SETTINGS, write_synthetic_dataset
+
+    print(write_synthetic_dataset(args.dest, **{**DEMO_SETTINGS, "seed": args.seed}), flush=True)
+    print(f"next: pisa-train pisa_mask_rcnn_r50_fpn_1x_coco --data {args.dest}", flush=True)
+    return 0
+
+
+_COMMANDS = {"download": run_download, "check": run_check, "weights": run_weights, "synthetic": run_synthetic}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
-"""``pisa-eval CONFIG CHECKPOINT``: run a config's test loop on a checkpoint and report COCO bbox metrics.
+"""``pisa-eval CONFIG CHECKPOINT``: run a config's test loop on a checkpoint and report COCO metrics.
 
 It does what MMDetection 3's tools/test.py does (config, ``--cfg-options``,
 ``--work-dir``, ``--show-dir``), then prints AP, AP50, AP75 and AP for small,
-medium and large objects, AP per class, draws a precision-recall curve per class
+medium and large objects (of the boxes, and of the masks for Mask R-CNN: the
+config's test_evaluator.metric), AP per class, draws a precision-recall curve per class
 (``pr_curves/`` beside ``--out``, else in the work dir) and writes the metrics as
 JSON with ``--out``. mmdet's CocoMetric writes the detections; faster-coco-eval
 (or pycocotools) evaluates them once (results/coco_metrics.py). It is not a
@@ -20,10 +21,10 @@ PROG = "pisa-eval"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Evaluate a checkpoint with the config's test loop (COCO bbox metrics).",
+        prog=PROG, description="Evaluate a checkpoint with the config's test loop (COCO bbox and segm metrics).",
         epilog="Example: pisa-eval configs/pisa_faster_rcnn_r18_fpn_demo_shapes.py "
                "work_dirs/pisa_faster_rcnn_r18_fpn_demo_shapes/epoch_8.pth --out metrics.json")
-    parser.add_argument("config", help="MMDetection config file (.py)")
+    parser.add_argument("config", help="MMDetection config file (.py) or a model name (pisa-train --list)")
     parser.add_argument("checkpoint", help="checkpoint file (.pth)")
     parser.add_argument("--out", metavar="FILE.json", help="write the metrics to this JSON file")
     parser.add_argument("--work-dir", help="where the evaluation logs go (default: as pisa-train)")
@@ -61,19 +62,24 @@ def evaluate(args: argparse.Namespace) -> int:
 
     if not is_main_process():  # rank 0 gathered and wrote the detections, and reports them
         return 0
-    detections = f"{cfg.test_evaluator.outfile_prefix}.bbox.json"
-    evaluation = coco_metrics.evaluate_bbox(cfg.test_evaluator.ann_file, detections, args.coco_backend,
-                                            classes=dataset_classes(cfg, "test_dataloader"))
-    summary = coco_metrics.summary_from_stats(evaluation.stats)
-    per_class = coco_metrics.per_class_ap(evaluation)
-    print(coco_metrics.format_metrics_table(summary), flush=True)
-    print(coco_metrics.format_per_class_table(per_class), flush=True)
+    summaries, per_class, evaluations = {}, {}, {}
+    for iou_type in coco_metrics.evaluated_iou_types(cfg.test_evaluator.get("metric", "bbox")):  # bbox first
+        detections = f"{cfg.test_evaluator.outfile_prefix}.{iou_type}.json"
+        evaluations[iou_type] = coco_metrics.evaluate_bbox(cfg.test_evaluator.ann_file, detections, args.coco_backend,
+                                                           classes=dataset_classes(cfg, "test_dataloader"),
+                                                           iou_type=iou_type)
+        summaries[iou_type] = coco_metrics.summary_from_stats(evaluations[iou_type].stats)
+        per_class[iou_type] = coco_metrics.per_class_ap(evaluations[iou_type])
+        print(coco_metrics.format_metrics_table(summaries[iou_type], iou_type), flush=True)
+        print(coco_metrics.format_per_class_table(per_class[iou_type]), flush=True)
     plots_dir = (Path(args.out).parent if args.out else Path(cfg.work_dir)) / "pr_curves"
-    curves = coco_metrics.plot_precision_recall_curves(evaluation, plots_dir)
-    say(f"detections: {detections}; precision-recall curves of {len(curves)} classes in {plots_dir}")
+    curves = coco_metrics.plot_precision_recall_curves(evaluations["bbox"], plots_dir)
+    say(f"detections: {cfg.test_evaluator.outfile_prefix}.{'|'.join(evaluations)}.json; precision-recall curves "
+        f"of {len(curves)} classes (boxes) in {plots_dir}")
     if args.out:
-        coco_metrics.write_metrics_json(args.out, summary, per_class=per_class, config=args.config,
-                                        checkpoint=args.checkpoint, coco_backend=args.coco_backend)
+        masks = {"segm": summaries["segm"], "per_class_segm": per_class["segm"]} if "segm" in summaries else {}
+        coco_metrics.write_metrics_json(args.out, summaries["bbox"], per_class=per_class["bbox"], **masks,
+                                        config=args.config, checkpoint=args.checkpoint, coco_backend=args.coco_backend)
         say(f"metrics written to {args.out}")
     return 0
 

@@ -113,22 +113,31 @@ def build_runner(cfg, trusted_checkpoints=(), say: Say = print):
     return Runner.from_cfg(cfg)
 
 
+def fetch_checkpoints(cfg, only_load_from: bool = False) -> None:
+    """Download (or verify in the cache) every checkpoint the config names by URL or open-mmlab://
+    name before anything is built, so that a missing one fails in seconds, not after the model and
+    datasets are set up; the loaders (engine/patches/checkpoint_downloads.py) then find them cached.
+    One process downloads; in a distributed run the others wait for it in the loader. Testing
+    initialises no weights from init_cfg, so it needs only ``load_from``."""
+    from pisa_train.fetch.weights import config_checkpoints, fetch_checkpoint, is_remote
+
+    if launched_rank(cfg) != 0:
+        return
+    for setting, reference in config_checkpoints(cfg):
+        if is_remote(reference) and (setting == "load_from" or not only_load_from):
+            fetch_checkpoint(reference, setting=setting)
+
+
 def run_training(cfg, trusted_checkpoints=(), say: Say = print) -> None:
     from pisa_train.engine.patches.checkpoint_loading import trust_checkpoints
     from pisa_train.engine.resume import resolve_auto_resume
 
     trust_checkpoints(trusted_checkpoints)  # before resolve_auto_resume loads any of them
     cfg = resolve_auto_resume(cfg, say)
+    fetch_checkpoints(cfg)
     runner = build_runner(cfg, trusted_checkpoints, say)
     try:
         runner.train()
-    except Exception as error:
-        from pisa_train.fetch.weights import weights_download_failure
-
-        problem = weights_download_failure(cfg, error)
-        if problem is not None:
-            raise problem from error
-        raise
     finally:
         restore_hooks(runner)
 
@@ -144,6 +153,7 @@ def restore_hooks(runner) -> None:
 
 
 def run_testing(cfg, trusted_checkpoints=(), say: Say = print) -> dict:
+    fetch_checkpoints(cfg, only_load_from=True)
     runner = build_runner(cfg, trusted_checkpoints, say)
     try:
         return runner.test()
