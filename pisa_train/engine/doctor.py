@@ -80,7 +80,7 @@ def weights_findings(cfg, environ=os.environ) -> list[Finding]:
     torch hub cache and matches the SHA-256 prefix in its name, checked as the downloader checks it."""
     from pisa_train.errors import CheckpointError
     from pisa_train.fetch.weights import (cached_checkpoint_path, cached_file_problem, config_checkpoints,
-                                          is_remote, sha256_prefix)
+                                          is_remote, sha256_prefix, weights_name)
 
     references = config_checkpoints(cfg)
     if not references:
@@ -96,7 +96,7 @@ def weights_findings(cfg, environ=os.environ) -> list[Finding]:
         except CheckpointError as error:
             findings.append(Finding(topic, reference, str(error)))
             continue
-        fetch = f"run `pisa-data weights --only {reference}`"
+        fetch = f"run `pisa-data weights --only {weights_name(reference)}`"
         if not place.is_file():
             problem = f"not downloaded yet; a run with network downloads it, or {fetch} (needed offline)"
         else:

@@ -62,7 +62,7 @@ def describe_run(cfg, device: str) -> list[str]:
     train_loader = cfg.get("train_dataloader") or {}
     dataset = innermost_dataset(train_loader.get("dataset")) or {}
     classes = (dataset.get("metainfo") or {}).get("classes")
-    bbox_head = cfg.model.get("roi_head", {}).get("bbox_head", {})
+    bbox_head = cfg.model.get("roi_head", {}).get("bbox_head") or cfg.model.get("bbox_head") or {}  # 2 or 1 stage
     lines.append(f"train data: {dataset.get('type')} at {dataset.get('data_root')} ({dataset.get('ann_file')}); "
                  f"classes: {', '.join(classes) if classes else 'from the annotation file'}; "
                  f"num_classes: {bbox_head.get('num_classes')}")
@@ -86,6 +86,8 @@ def describe_run(cfg, device: str) -> list[str]:
     lines.append(f"schedule: {loop.get('type')}, {length}")
     if cfg.get("resume"):
         lines.append(f"resuming from {cfg.get('load_from') or 'the newest checkpoint in the work dir'}")
+    elif cfg.get("load_from"):
+        lines.append(f"starting from the weights of {cfg.load_from} (not its optimizer state or iteration)")
     return lines
 
 

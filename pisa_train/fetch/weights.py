@@ -205,10 +205,14 @@ def fetch_checkpoint(reference: str, *, setting: str | None = None, dest: str | 
     raise unavailable_error(reference, target, attempts, setting)
 
 
+def weights_name(reference: str) -> str:
+    """What `pisa-data weights --only` takes for ``reference``: a released model's name where it is one."""
+    return next((model.name for model in MODEL_ZOO.values() if model.weights_url == reference), reference)
+
+
 def unavailable_error(reference: str, target: Path, attempts: list[_Attempt], setting: str | None) -> PisaError:
     """The one line for a checkpoint no source served: ENVIRONMENT_ERROR when no server answered."""
-    model = next((model for model in MODEL_ZOO.values() if model.weights_url == reference), None)
-    name = model.name if model else reference  # what `pisa-data weights --only` takes
+    name = weights_name(reference)
     known_as = f" ({name})" if not name.startswith(URL_SCHEMES) else ""
     tried = "; ".join(f"{attempt.url} ({attempt.reason})" for attempt in attempts)
     message = (f"cannot get checkpoint {target.name}{known_as}, tried: {tried}; download it where there is network "
