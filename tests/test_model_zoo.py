@@ -120,25 +120,34 @@ def train_one_iteration(name: str, data: Path, work: Path) -> subprocess.Complet
                           capture_output=True, text=True, timeout=1200, cwd=work.parent)
 
 
+@pytest.fixture(scope="module")
+def mask_rcnn_run(tmp_path_factory, synthetic_dataset) -> tuple[subprocess.CompletedProcess, Path]:
+    """One iteration of PISA Mask R-CNN R-50 on the synthetic shapes, and its work dir (pisa-eval reuses it)."""
+    work = tmp_path_factory.mktemp("mask_rcnn") / "work"
+    return train_one_iteration("pisa_mask_rcnn_r50_fpn_1x_coco", synthetic_dataset, work), work
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PISA_ZOO)
-def test_each_zoo_config_trains_an_iteration_when_named_without_its_path(name, tmp_path, roboflow_export,
-                                                                        synthetic_dataset):
-    data = synthetic_dataset if "mask_rcnn" in name else roboflow_export
-    result = train_one_iteration(name, data, tmp_path / "work")
+def test_each_zoo_config_trains_an_iteration_when_named_without_its_path(name, tmp_path, request):
+    if name == "pisa_mask_rcnn_r50_fpn_1x_coco":
+        result, work = request.getfixturevalue("mask_rcnn_run")
+    else:
+        data = request.getfixturevalue("synthetic_dataset" if "mask_rcnn" in name else "roboflow_export")
+        result, work = train_one_iteration(name, data, tmp_path / "work"), tmp_path / "work"
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert f"config: {CONFIGS / name}.py" in result.stdout
-    checkpoint = tmp_path / "work" / "iter_1.pth"
-    assert checkpoint.is_file()
+    assert (work / "iter_1.pth").is_file()
     losses = [line for line in result.stdout.splitlines() if "Iter(train) [1/1]" in line]
     assert losses and "loss:" in losses[0] and ("loss_mask" in losses[0]) == ("mask" in name)
-    checkpoint.unlink()  # hundreds of MB each
+    if work.parent == tmp_path:
+        (work / "iter_1.pth").unlink()  # hundreds of MB each
 
 
 @pytest.mark.slow
-def test_pisa_eval_prints_bbox_and_segm_metrics_for_a_pisa_mask_rcnn_checkpoint(tmp_path, synthetic_dataset):
-    work = tmp_path / "work"
-    trained = train_one_iteration("pisa_mask_rcnn_r50_fpn_1x_coco", synthetic_dataset, work)
+def test_pisa_eval_prints_bbox_and_segm_metrics_for_a_pisa_mask_rcnn_checkpoint(tmp_path, synthetic_dataset,
+                                                                              mask_rcnn_run):
+    trained, work = mask_rcnn_run
     assert trained.returncode == 0, trained.stderr[-3000:]
     out = tmp_path / "metrics.json"
     result = subprocess.run([sys.executable, "-m", "pisa_train.cli.evaluate", "pisa_mask_rcnn_r50_fpn_1x_coco",
@@ -146,9 +155,9 @@ def test_pisa_eval_prints_bbox_and_segm_metrics_for_a_pisa_mask_rcnn_checkpoint(
                              "--work-dir", str(tmp_path / "eval"), "--out", str(out), "--cfg-options",
                              "test_dataloader.dataset.pipeline.1.scale=(128,128)", "test_dataloader.batch_size=4",
                              "test_dataloader.num_workers=0", "test_dataloader.persistent_workers=False",
-                             # An untrained head keeps 100 boxes an image, and pasting their masks is what takes
-                             # the time on a CPU.
-                             "model.test_cfg.rcnn.max_per_img=5"],
+                             # PISA's 2000 proposals an image through the box head, and the masks of an untrained
+                             # head's 100 boxes, are what takes the time on a CPU.
+                             "model.test_cfg.rpn.max_per_img=100", "model.test_cfg.rcnn.max_per_img=10"],
                             capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert result.returncode == exit_codes.SUCCESS, result.stdout[-2000:] + result.stderr[-3000:]
     for iou_type in ("bbox", "segm"):
