@@ -28,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                "--cfg-options train_dataloader.batch_size=4")
     parser.add_argument("config", nargs="?", help="MMDetection config file (.py) or a model name from --list "
                                                   "(pisa_ssd300_coco); optional with --doctor")
-    parser.add_argument("--doctor", action="store_true", help="report versions, mmcv's kernels, GPUs, free disk "
-                        "and, with a CONFIG, whether its dataset and pretrained weights are in place (weights "
-                        "verified by SHA-256); train nothing (exit 6 if something the config needs is missing)")
+    parser.add_argument("--doctor", action="store_true",
+                        help="report versions, mmcv's kernels, GPUs, free disk and, with a CONFIG, whether its "
+                             "dataset and pretrained weights are in place; train nothing (exit 6 if something "
+                             "the config needs is missing)")
     parser.add_argument("--work-dir", help="where checkpoints and logs go (default: the config's work_dir, "
                                            "else work_dirs/<config name>)")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
