@@ -1,6 +1,7 @@
 """pisa-train --doctor: the environment report, and a non-zero exit when a config's needs are missing."""
 from __future__ import annotations
 
+import hashlib
 import platform
 
 import pytest
@@ -47,7 +48,8 @@ def test_doctor_with_a_config_checks_its_dataset_and_weights(capsys, tmp_path, m
     assert "MISSING dataset: train_dataloader.dataset.ann_file = data/coco/annotations/instances_train2017.json" \
         in captured.out
     weights = tmp_path / "torch_home" / "hub" / "checkpoints" / "resnext101_32x4d-a5af3160.pth"
-    assert f"MISSING pretrained weights: open-mmlab://resnext101_32x4d -> {weights}" in captured.out
+    assert f"MISSING pretrained weights: open-mmlab://resnext101_32x4d -> {weights} -- not downloaded yet" \
+        in captured.out
     assert "thing(s) this run needs are missing" in captured.err
 
     # With the data (--data) but still without the weights: only the weights are missing.
@@ -55,12 +57,28 @@ def test_doctor_with_a_config_checks_its_dataset_and_weights(capsys, tmp_path, m
     captured = capsys.readouterr()
     assert captured.out.count("MISSING") == 1 and "MISSING pretrained weights" in captured.out
 
+    # A file of that name that is not those weights (an error page, a cut download) is not "ok":
+    # the doctor checks it by the SHA-256 prefix in its name, as the downloader does.
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"placeholder")
-    assert main([*args, "--data", str(shapes_dataset)]) == 0
+    assert main([*args, "--data", str(shapes_dataset)]) == exit_codes.ENVIRONMENT_ERROR
+    captured = capsys.readouterr()
+    assert (f"MISSING pretrained weights: open-mmlab://resnext101_32x4d -> {weights} -- it is not the file its "
+            f"name promises (its SHA-256 {hashlib.sha256(b'placeholder').hexdigest()[:16]}... does not start with "
+            f"the a5af3160 in its name); delete it and run `pisa-data weights --only open-mmlab://resnext101_32x4d`"
+            ) in captured.out
+    assert weights.read_bytes() == b"placeholder"  # the doctor changes nothing
+
+    # The right bytes under their name are "ok": a backbone whose name carries its own SHA-256 prefix.
+    payload = b"backbone weights"
+    name = f"backbone-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
+    (weights.parent / name).write_bytes(payload)
+    url = f"https://download.openmmlab.com/pretrain/third_party/{name}"
+    assert main([*args, "--data", str(shapes_dataset), "--cfg-options",
+                 f"model.backbone.init_cfg.checkpoint={url}"]) == 0
     captured = capsys.readouterr()
     assert "MISSING" not in captured.out
-    assert "ok      pretrained weights: open-mmlab://resnext101_32x4d" in captured.out
+    assert f"ok      pretrained weights: {url} -> {weights.parent / name}, SHA-256 verified" in captured.out
     assert f"dataset: train_dataloader.dataset.ann_file = {shapes_dataset}" in captured.out
 
 

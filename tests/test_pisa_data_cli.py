@@ -159,19 +159,48 @@ def test_check_of_a_missing_folder(tmp_path, capsys):
 
 
 def test_weights_command_fetches_into_torch_home(tmp_path, monkeypatch, capsys):
-    from pisa_train.fetch import weights as pretrained_weights
     payload = os.urandom(10_000)
-    prefix = hashlib.sha256(payload).hexdigest()[:8]
-    fake = pretrained_weights.KnownWeights("fake", "open-mmlab://fake",
-                                           f"https://download.openmmlab.com/p/fake-{prefix}.pth", prefix, "test")
-    monkeypatch.setattr(pretrained_weights, "KNOWN_WEIGHTS", {"fake": fake})
+    name = f"fake-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    with LocalHTTPServer(files={f"/p/fake-{prefix}.pth": payload}) as server:
-        monkeypatch.setenv("PISA_DATA_MIRROR", server.base_url)
-        assert main(["weights"]) == 0
-    assert (tmp_path / "th" / "hub" / "checkpoints" / f"fake-{prefix}.pth").read_bytes() == payload
+    with LocalHTTPServer(files={f"/p/{name}": payload}) as server:
+        monkeypatch.setenv("PISA_TRAIN_WEIGHT_MIRRORS", server.base_url)  # tried before download.openmmlab.com
+        assert main(["weights", "--only", f"https://download.openmmlab.com/p/{name}"]) == 0
+    assert (tmp_path / "th" / "hub" / "checkpoints" / name).read_bytes() == payload
     out = capsys.readouterr().out
     assert "ready:" in out and not any(character in out for character in CONTROL_CHARACTERS)
+
+
+def test_synthetic_writes_the_demo_dataset_with_masks_anywhere(tmp_path, capsys):
+    from mmengine.config import Config
+
+    from conftest import DEMO_CONFIG
+    from pisa_train.data.synthetic_shapes import DEMO_SETTINGS
+
+    demo = dict(Config.fromfile(str(DEMO_CONFIG)).synthetic_dataset)
+    assert demo.pop("generator") == "shapes" and demo == DEMO_SETTINGS  # seed 0 is the demo's own dataset
+    dest = tmp_path / "shapes"
+    assert main(["synthetic", "--dest", str(dest), "--seed", "5"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"generated the synthetic shapes dataset in {dest} (300 train and 60 val images of 128 px with boxes and "
+        f"masks, seed 5)", f"next: pisa-train pisa_mask_rcnn_r50_fpn_1x_coco --data {dest}"]
+    train = json.loads((dest / "annotations" / "train.json").read_text())
+    assert len(train["images"]) == 300 and len(list((dest / "val").glob("*.jpg"))) == 60
+    for annotation in train["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        [polygon] = annotation["segmentation"]
+        xs, ys = polygon[0::2], polygon[1::2]
+        assert min(xs) >= x - 0.02 and max(xs) <= x + w + 0.02 and min(ys) >= y - 0.02 and max(ys) <= y + h + 0.02
+        shoelace = abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
+        expected = {1: 0.7854 * w * h, 2: w * h, 3: 0.5 * w * h}[annotation["category_id"]]  # circle, square, triangle
+        assert shoelace == pytest.approx(expected, rel=0.02)
+    assert main(["synthetic", "--dest", str(dest), "--seed", "5"]) == 0
+    assert capsys.readouterr().out.startswith(f"synthetic dataset in {dest} is ready")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["synthetic", "--dest", str(tmp_path / "mine")]) == DATA_ERROR
+    assert capsys.readouterr().err.strip() == (
+        f"pisa-data: error: {tmp_path / 'mine'} exists and is not a pisa-train synthetic dataset; pisa-data synthetic "
+        f"would generate into it. Move it away, or choose another --dest")
 
 
 def test_real_process_output_has_no_control_characters(tmp_path, run_cli):

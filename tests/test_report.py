@@ -45,7 +45,7 @@ def evaluated_work_dir(tmp_path, shapes_dataset) -> Path:
     ground_truth = json.loads(ground_truth_file.read_text())
     detections_file = tmp_path / "detections.bbox.json"
     detections_file.write_text(json.dumps(detections_from(ground_truth)))
-    record = evaluate_and_analyse(str(ground_truth_file), str(detections_file), "faster-coco-eval",
+    record = evaluate_and_analyse(str(ground_truth_file), str(tmp_path / "detections"), ["bbox"], "faster-coco-eval",
                                   ["circle", "square", "triangle"], shapes_dataset / "val", work_dir, score_thr=0.3,
                                   worst=3, config="configs/demo.py", checkpoint="iter_8.pth",
                                   coco_backend="faster-coco-eval")

@@ -1,10 +1,11 @@
-"""``pisa-eval CONFIG CHECKPOINT``: run a config's test loop on a checkpoint and report COCO bbox metrics.
+"""``pisa-eval CONFIG CHECKPOINT``: run a config's test loop on a checkpoint and report COCO metrics.
 
 It does what MMDetection 3's tools/test.py does (config, ``--cfg-options``,
 ``--work-dir``, ``--show-dir``), then prints AP, AP50, AP75 and AP for small,
-medium and large objects, AP per class, draws a precision-recall curve per class
-(``pr_curves/`` beside ``--out``, else in the work dir), and beside them what the
-model gets wrong: a confusion matrix, COCO's error breakdown, the worst images
+medium and large objects (of the boxes, and of the masks for Mask R-CNN: the
+config's test_evaluator.metric), AP per class, draws a precision-recall curve per
+class (``pr_curves/`` beside ``--out``, else in the work dir), and beside them what
+the model gets wrong: a confusion matrix, COCO's error breakdown, the worst images
 (results/evaluation_analysis.py); it writes the metrics as JSON (``--out``, and
 WORK_DIR/evaluation.json) and the run's report page (results/report.py). mmdet's
 CocoMetric writes the detections; faster-coco-eval (or pycocotools) evaluates them
@@ -24,10 +25,10 @@ PROG = "pisa-eval"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Evaluate a checkpoint with the config's test loop (COCO bbox metrics).",
+        prog=PROG, description="Evaluate a checkpoint with the config's test loop (COCO bbox and segm metrics).",
         epilog="Example: pisa-eval configs/pisa_faster_rcnn_r18_fpn_demo_shapes.py "
                "work_dirs/pisa_faster_rcnn_r18_fpn_demo_shapes/epoch_8.pth --out metrics.json")
-    parser.add_argument("config", help="MMDetection config file (.py)")
+    parser.add_argument("config", help="MMDetection config file (.py) or a model name (pisa-train --list)")
     parser.add_argument("checkpoint", help="checkpoint file (.pth)")
     parser.add_argument("--out", metavar="FILE.json", help="write the metrics to this JSON file")
     parser.add_argument("--work-dir", help="where the evaluation logs go (default: as pisa-train)")
@@ -77,16 +78,19 @@ def evaluate(args: argparse.Namespace) -> int:
     from pisa_train.results.evaluation_analysis import EVALUATION_INDEX, evaluate_and_analyse
     from pisa_train.results.report import write_report
 
-    detections = f"{cfg.test_evaluator.outfile_prefix}.bbox.json"
     analysis_dir = Path(args.out).parent if args.out else Path(cfg.work_dir)
-    record = evaluate_and_analyse(cfg.test_evaluator.ann_file, detections, args.coco_backend,
-                                  dataset_classes(cfg, "test_dataloader"), dataset_image_folder(cfg, "test_dataloader"),
-                                  analysis_dir, args.score_thr, args.worst_images, config=args.config,
-                                  checkpoint=args.checkpoint, coco_backend=args.coco_backend)
-    print(coco_metrics.format_metrics_table(record["bbox"]), flush=True)
-    print(coco_metrics.format_per_class_table(record["per_class"]), flush=True)
-    say(f"detections: {detections}; precision-recall curves, confusion matrix, error breakdown and worst images "
-        f"in {analysis_dir}")
+    iou_types = coco_metrics.evaluated_iou_types(cfg.test_evaluator.get("metric", "bbox"))
+    record = evaluate_and_analyse(cfg.test_evaluator.ann_file, cfg.test_evaluator.outfile_prefix, iou_types,
+                                  args.coco_backend, dataset_classes(cfg, "test_dataloader"),
+                                  dataset_image_folder(cfg, "test_dataloader"), analysis_dir, args.score_thr,
+                                  args.worst_images, config=args.config, checkpoint=args.checkpoint,
+                                  coco_backend=args.coco_backend)
+    for iou_type, per_class in (("bbox", "per_class"), ("segm", "per_class_segm")):
+        if iou_type in record:
+            print(coco_metrics.format_metrics_table(record[iou_type], iou_type), flush=True)
+            print(coco_metrics.format_per_class_table(record[per_class]), flush=True)
+    say(f"detections: {cfg.test_evaluator.outfile_prefix}.{'|'.join(iou_types)}.json; precision-recall curves, "
+        f"confusion matrix, error breakdown and worst images in {analysis_dir}")
     written = [str(Path(cfg.work_dir) / EVALUATION_INDEX), *([args.out] if args.out else [])]
     for path in written:
         write_json_atomically(path, record)

@@ -47,6 +47,18 @@ def add_print_config(parser: argparse.ArgumentParser) -> None:
                              "nothing is trained or written")
 
 
+def add_model_zoo_options(parser: argparse.ArgumentParser) -> None:
+    """--load-from and --list: pisa-train's use of the released models (fetch/model_zoo.py)."""
+    parser.add_argument("--load-from", metavar="CHECKPOINT|URL|MODEL_NAME",
+                        help="start from these weights (not their optimizer state or iteration): a .pth file, an "
+                             "URL, or a released model's name (see --list); trained on other classes, its class "
+                             "layers start fresh. Fetched from $PISA_TRAIN_WEIGHT_MIRRORS, the URL, then "
+                             "mmassets.onedl.ai, verified, cached in $TORCH_HOME/hub/checkpoints")
+    parser.add_argument("--list", action="store_true",
+                        help="list the models in configs/ (usable as CONFIG without path or .py): published COCO "
+                             "box and mask AP, checkpoint file, and whether it is already downloaded")
+
+
 def add_run_options(parser: argparse.ArgumentParser, launcher: bool = True, progress: bool = True) -> None:
     """--device, --launcher, --ops-backend, --trust-checkpoint, --no-progress, --debug: how a run runs."""
     parser.add_argument("--device", choices=["cpu", "cuda"],

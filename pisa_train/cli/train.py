@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pisa_train.cli.options import (add_config_overrides, add_launch_options, add_print_config, add_run_options,
-                                    add_training_options)
+from pisa_train.cli.options import (add_config_overrides, add_launch_options, add_model_zoo_options,
+                                    add_print_config, add_run_options, add_training_options)
 from pisa_train.cli.running import print_config, run_command
 from pisa_train.config.build import build_train_config
 from pisa_train.engine.device import choose_device
@@ -27,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Train a PISA (or any MMDetection 3) detector from a config file.",
         epilog="Example: pisa-train configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py "
                "--cfg-options train_dataloader.batch_size=4")
-    parser.add_argument("config", nargs="?", help="MMDetection config file (.py); optional with --doctor")
+    parser.add_argument("config", nargs="?", help="MMDetection config file (.py) or a model name from --list "
+                                                  "(pisa_ssd300_coco); optional with --doctor")
     parser.add_argument("--doctor", action="store_true",
                         help="report versions, mmcv's kernels, GPUs, free disk and, with a CONFIG, whether its "
                              "dataset and pretrained weights are in place; train nothing (exit 6 if something "
                              "the config needs is missing)")
     add_training_options(parser)
+    add_model_zoo_options(parser)
     add_config_overrides(parser)
     add_print_config(parser)
     add_run_options(parser)
@@ -93,6 +95,10 @@ def doctor(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def work(args: argparse.Namespace) -> int:
+        if args.list:
+            from pisa_train.config.loading import model_zoo_table
+            print(model_zoo_table(), flush=True)
+            return 0
         if args.doctor:
             return doctor(args)
         if args.config is None:

@@ -92,9 +92,10 @@ def build_train_config(args, device: str, kernels=None) -> BuiltConfig:
     if args.auto_scale_lr:
         cfg = rewrite.enable_auto_scale_lr(cfg)
     cfg = rewrite.apply_resume(cfg, args.resume)
+    cfg = rewrite.apply_load_from(cfg, getattr(args, "load_from", None), args.resume)
     cfg = rewrite.apply_seed(cfg, args.seed)
     cfg = rewrite.limit_iterations(cfg, args.max_iters)
-    cfg = rewrite.add_training_safeguards(cfg)  # after resume: a resumed checkpoint must fit the model
+    cfg = rewrite.add_training_safeguards(cfg)  # after resume and load-from: the checkpoint must fit the model
     cfg = rewrite.log_losses_per_rank(cfg)  # after limit_iterations, which sets the logger interval
     if args.progress:
         cfg = rewrite.show_progress_bars(cfg)

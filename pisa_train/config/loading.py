@@ -1,7 +1,9 @@
 """Read an MMDetection config and the ``--cfg-options`` overrides, with errors a user can act on.
 
 mmengine does the work (``Config.fromfile``, ``DictAction``'s value syntax);
-this module only turns its failures into one line that says what to fix.
+this module only turns its failures into one line that says what to fix. A CONFIG
+is a file, or the name of a model in the project's configs/ folder, without path
+or ``.py`` (``pisa_ssd300_coco``): MMDetection's model names (``pisa-train --list``).
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from pathlib import Path
 
 from pisa_train.config.settings import KNOWN_TOP_LEVEL_SETTINGS, class_built_by, takes_a_dict
 from pisa_train.errors import ConfigError
+
+# The project's configs, named like MMDetection's models (beside the package: an editable install).
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def parse_cfg_options(items: list[str] | None, flag: str = "--cfg-options") -> dict:
@@ -51,9 +56,7 @@ def load_config(config_path: str, cfg_options: dict | None = None, new_keys: dic
     (--cfg-add) may also add other keys, because the user said so."""
     from mmengine.config import Config
 
-    path = Path(config_path)
-    if not path.is_file():
-        raise ConfigError(_missing_config_message(path))
+    path = resolve_config_path(config_path)
     try:
         cfg = Config.fromfile(str(path))
     except SyntaxError as error:
@@ -72,6 +75,49 @@ def load_config(config_path: str, cfg_options: dict | None = None, new_keys: dic
             except Exception as error:
                 raise ConfigError(f"{flag} could not be applied to {path}: {error}") from error
     return cfg
+
+
+def model_names() -> list[str]:
+    """The models CONFIG may name without path or suffix: the configs in configs/."""
+    return sorted(path.stem for path in CONFIGS_DIR.glob("*.py"))
+
+
+def resolve_config_path(config: str) -> Path:
+    """The config file ``config`` names: a path, or a model name (no folder, no .py) in configs/."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    if "/" in config or config.endswith(".py"):
+        raise ConfigError(_missing_config_message(path))
+    if (CONFIGS_DIR / f"{config}.py").is_file():
+        return CONFIGS_DIR / f"{config}.py"
+    close = difflib.get_close_matches(config, model_names(), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"the models are: {', '.join(model_names())}"
+    raise ConfigError(f"no config file or model named {config}; {hint} (`pisa-train --list` shows the models; "
+                      f"a config file is given by its path, e.g. configs/{config}.py)")
+
+
+def model_zoo_table() -> str:
+    """``pisa-train --list``: each model in configs/, its published COCO AP, its released checkpoint,
+    and whether that is in the torch hub cache already."""
+    from pisa_train.fetch.model_zoo import released_model
+    from pisa_train.fetch.weights import torch_checkpoints_dir
+
+    cache = torch_checkpoints_dir()
+    rows = [("model", "box AP", "mask AP", "checkpoint", "downloaded")]
+    for name in model_names():
+        model = released_model(name)
+        file_name = model.file_name if model else None
+        rows.append((name, *(f"{ap:.1f}" if ap else "-" for ap in ((model.box_ap, model.mask_ap) if model else
+                                                                    (None, None))),
+                     file_name or "(none released)",
+                     ("yes" if (cache / file_name).is_file() else "no") if file_name else "-"))
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    lines = ["  ".join(cell.rjust(width) if column in (1, 2) else cell.ljust(width)
+                       for column, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    return "\n".join([*lines, f"box and mask AP: COCO val2017, as MMDetection published them; checkpoints are kept "
+                               f"in {cache}. Train one: pisa-train NAME; start from one: --load-from NAME; "
+                               f"download ahead: pisa-data weights --only NAME"])
 
 
 def _missing_config_message(path: Path) -> str:

@@ -94,6 +94,48 @@ def apply_resume(cfg, resume: str | None):
     return cfg
 
 
+def _drop_pretrained_inits(node) -> None:
+    """Set every ``init_cfg=dict(type='Pretrained', ...)`` under ``node`` to None, in place."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "init_cfg" and isinstance(value, dict) and value.get("type") == "Pretrained":
+                node[key] = None
+            else:
+                _drop_pretrained_inits(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _drop_pretrained_inits(value)
+
+
+def apply_load_from(cfg, checkpoint: str | None, resume: str | None = None):
+    """``--load-from CHECKPOINT|URL|MODEL_NAME``: start from a checkpoint's weights, not its optimizer
+    state or iteration (MMEngine's ``load_from`` without ``resume``). A released model's name becomes
+    its URL (fetch/model_zoo.py), which the resolver fetches when the run starts. The pretrained
+    ``init_cfg`` of the backbone is dropped: the checkpoint replaces those weights, so downloading
+    them would be wasted. How a checkpoint for other classes loads: engine/hooks/checkpoint_compatibility.py."""
+    if checkpoint is None:
+        return cfg
+    if resume is not None:
+        raise UsageError("--load-from starts a new run from a checkpoint's weights and --resume continues a run "
+                         "with its optimizer state and iteration; give one of them")
+    from pisa_train.fetch.model_zoo import MODEL_ZOO
+    from pisa_train.fetch.weights import weights_reference
+
+    reference = weights_reference(checkpoint)
+    if reference is None:
+        import difflib
+
+        close = difflib.get_close_matches(checkpoint, list(MODEL_ZOO), n=1, cutoff=0.8)
+        hint = f"did you mean {close[0]}?" if close else \
+            "give a .pth file, an http(s) URL, or a released model's name (`pisa-train --list`)"
+        raise CheckpointError(f"--load-from {checkpoint}: no such file, and not a released model or an URL; {hint}")
+    cfg = _copy(cfg)
+    cfg.load_from = reference
+    cfg.resume = False
+    _drop_pretrained_inits(cfg.get("model"))
+    return cfg
+
+
 def apply_seed(cfg, seed: int | None, deterministic: bool = False):
     if seed is None:
         return cfg
@@ -185,11 +227,16 @@ def show_progress_bars(cfg):
 
 
 def apply_checkpoint_for_testing(cfg, checkpoint: str):
-    if not osp.isfile(checkpoint):
+    """pisa-eval's CHECKPOINT: a file, or a released model's name or an URL (fetched when the test starts)."""
+    from pisa_train.fetch.weights import is_remote, weights_reference
+
+    reference = checkpoint if osp.isfile(checkpoint) else weights_reference(checkpoint)
+    if reference is None or not (osp.isfile(reference) or is_remote(reference)):
         raise CheckpointError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "
-                              f"pisa-train (work_dirs/<config>/epoch_N.pth or iter_N.pth)")
+                              f"pisa-train (work_dirs/<config>/epoch_N.pth or iter_N.pth), a released model's "
+                              f"name (pisa-train --list) or an URL")
     cfg = _copy(cfg)
-    cfg.load_from = checkpoint
+    cfg.load_from = reference
     cfg.resume = False
     return cfg
 
@@ -214,6 +261,8 @@ def enable_show_dir(cfg, show_dir: str | None):
 def add_training_safeguards(cfg):
     """Atomic checkpoints, a checkpoint and a clean stop on SIGTERM/SIGINT, and a stop (or a
     skipped step) on a NaN/Inf loss: see engine/hooks/atomic_checkpoint.py and training_guards.py.
+    A checkpoint to resume from must fit the model; one to fine-tune from may differ in its
+    class-specific layers only (engine/hooks/checkpoint_compatibility.py).
 
     The config's CheckpointHook becomes AtomicCheckpointHook with the same settings; a
     config with its own checkpoint hook type keeps it (and loses only the atomic saves).
@@ -230,6 +279,8 @@ def add_training_safeguards(cfg):
                         dict(type="NonFiniteLossHook", action=action)]
     if cfg.get("resume"):
         cfg = check_checkpoint_fits_model(cfg)
+    elif cfg.get("load_from"):  # fine-tuning: only the class-specific layers may differ
+        cfg.custom_hooks.append(dict(type="FineTuneCheckpointHook"))
     return cfg
 
 

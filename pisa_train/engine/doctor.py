@@ -4,8 +4,9 @@ It reports the versions of Python, torch (and its CUDA), mmcv, mmdet and mmengin
 whether mmcv's compiled ops have CPU and CUDA kernels (and which RoIAlign/NMS kernels
 ``--ops-backend auto`` would use); the GPUs and their memory; free disk in the work dir;
 and, given a config, whether its dataset files and pretrained weights are where the run
-will look for them. It changes nothing and downloads nothing. Anything the config needs
-that is missing makes it exit with ENVIRONMENT_ERROR (6) after the whole report.
+will look for them (a downloaded checkpoint is verified against the SHA-256 prefix in its
+name, as fetch/weights.py verifies it). It changes nothing and downloads nothing. Anything
+the config needs that is missing makes it exit with ENVIRONMENT_ERROR (6) after the whole report.
 """
 from __future__ import annotations
 
@@ -74,41 +75,35 @@ def free_disk_finding(work_dir: str) -> Finding:
                                 f"(work dir {work_dir})")
 
 
-def _checkpoint_references(node):
-    """Every checkpoint a model config starts from (``init_cfg=dict(type='Pretrained', checkpoint=...)``)."""
-    if isinstance(node, dict):
-        if node.get("type") == "Pretrained" and node.get("checkpoint"):
-            yield node["checkpoint"]
-        for value in node.values():
-            yield from _checkpoint_references(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from _checkpoint_references(value)
-
-
 def weights_findings(cfg, environ=os.environ) -> list[Finding]:
-    from pisa_train.fetch.weights import cached_weights_path, find_known_weights
+    """Each checkpoint the config starts from: a local file that exists, or a download that is in the
+    torch hub cache and matches the SHA-256 prefix in its name, checked as the downloader checks it."""
+    from pisa_train.errors import CheckpointError
+    from pisa_train.fetch.weights import (cached_checkpoint_path, cached_file_problem, config_checkpoints,
+                                          is_remote, sha256_prefix, weights_name)
 
-    references = list(_checkpoint_references(cfg.get("model")))
-    if cfg.get("load_from"):
-        references.append(cfg.load_from)
+    references = config_checkpoints(cfg)
     if not references:
         return [Finding("pretrained weights", "none: the config trains from scratch")]
     findings = []
-    for reference in references:
-        known = find_known_weights(str(reference))
-        if known is not None:
-            place = cached_weights_path(known.name, environ)
-            findings.append(Finding("pretrained weights", f"{reference} -> {place}",
-                                    None if place.is_file() else
-                                    f"not downloaded yet; mmengine downloads it on first use, or run "
-                                    f"`pisa-data weights --only {known.name}` (needed offline)"))
-        elif "://" in str(reference):
-            findings.append(Finding("pretrained weights", f"{reference} (downloaded by mmengine on first use; "
-                                                          f"not checked)"))
+    for setting, reference in references:
+        topic = "checkpoint (load_from)" if setting == "load_from" else "pretrained weights"
+        if not is_remote(reference):
+            findings.append(Finding(topic, reference, None if Path(reference).is_file() else "file not found"))
+            continue
+        try:
+            place = cached_checkpoint_path(reference, environ)
+        except CheckpointError as error:
+            findings.append(Finding(topic, reference, str(error)))
+            continue
+        fetch = f"run `pisa-data weights --only {weights_name(reference)}`"
+        if not place.is_file():
+            problem = f"not downloaded yet; a run with network downloads it, or {fetch} (needed offline)"
         else:
-            findings.append(Finding("pretrained weights", str(reference),
-                                    None if Path(reference).is_file() else "file not found"))
+            problem = cached_file_problem(place)
+            problem = problem and f"it is not the file its name promises ({problem}); delete it and {fetch}"
+        verified = ", SHA-256 verified" if place.is_file() and not problem and sha256_prefix(place.name) else ""
+        findings.append(Finding(topic, f"{reference} -> {place}{verified}", problem))
     return findings
 
 

@@ -62,7 +62,7 @@ def describe_run(cfg, device: str) -> list[str]:
     train_loader = cfg.get("train_dataloader") or {}
     dataset = innermost_dataset(train_loader.get("dataset")) or {}
     classes = (dataset.get("metainfo") or {}).get("classes")
-    bbox_head = cfg.model.get("roi_head", {}).get("bbox_head", {})
+    bbox_head = cfg.model.get("roi_head", {}).get("bbox_head") or cfg.model.get("bbox_head") or {}  # 2 or 1 stage
     lines.append(f"train data: {dataset.get('type')} at {dataset.get('data_root')} ({dataset.get('ann_file')}); "
                  f"classes: {', '.join(classes) if classes else 'from the annotation file'}; "
                  f"num_classes: {bbox_head.get('num_classes')}")
@@ -87,6 +87,8 @@ def describe_run(cfg, device: str) -> list[str]:
     lines.append(describe_precision(cfg))
     if cfg.get("resume"):
         lines.append(f"resuming from {cfg.get('load_from') or 'the newest checkpoint in the work dir'}")
+    elif cfg.get("load_from"):
+        lines.append(f"starting from the weights of {cfg.load_from} (not its optimizer state or iteration)")
     return lines
 
 
@@ -142,22 +144,31 @@ def build_runner(cfg, trusted_checkpoints=(), say: Say = print):
     return Runner.from_cfg(cfg)
 
 
+def fetch_checkpoints(cfg, only_load_from: bool = False) -> None:
+    """Download (or verify in the cache) every checkpoint the config names by URL or open-mmlab://
+    name before anything is built, so that a missing one fails in seconds, not after the model and
+    datasets are set up; the loaders (engine/patches/checkpoint_downloads.py) then find them cached.
+    One process downloads; in a distributed run the others wait for it in the loader. Testing
+    initialises no weights from init_cfg, so it needs only ``load_from``."""
+    from pisa_train.fetch.weights import config_checkpoints, fetch_checkpoint, is_remote
+
+    if launched_rank(cfg) != 0:
+        return
+    for setting, reference in config_checkpoints(cfg):
+        if is_remote(reference) and (setting == "load_from" or not only_load_from):
+            fetch_checkpoint(reference, setting=setting)
+
+
 def run_training(cfg, trusted_checkpoints=(), say: Say = print) -> None:
     from pisa_train.engine.patches.checkpoint_loading import trust_checkpoints
     from pisa_train.engine.resume import resolve_auto_resume
 
     trust_checkpoints(trusted_checkpoints)  # before resolve_auto_resume loads any of them
     cfg = resolve_auto_resume(cfg, say)
+    fetch_checkpoints(cfg)
     runner = build_runner(cfg, trusted_checkpoints, say)
     try:
         runner.train()
-    except Exception as error:
-        from pisa_train.fetch.weights import weights_download_failure
-
-        problem = weights_download_failure(cfg, error)
-        if problem is not None:
-            raise problem from error
-        raise
     finally:
         restore_hooks(runner)
 
@@ -173,6 +184,7 @@ def restore_hooks(runner) -> None:
 
 
 def run_testing(cfg, trusted_checkpoints=(), say: Say = print) -> dict:
+    fetch_checkpoints(cfg, only_load_from=True)
     runner = build_runner(cfg, trusted_checkpoints, say)
     try:
         return runner.test()

@@ -16,6 +16,7 @@ import http.client
 import os
 import shutil
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pisa_train.errors import DataError
+from pisa_train.files import publish_atomically
 from pisa_train.terminal import ProgressReporter, format_bytes
 
 MIRROR_ENV = "PISA_DATA_MIRROR"
@@ -34,6 +36,17 @@ _CHUNK_BYTES = 1 << 20
 # is accepted because released checkpoints carry the first 8 digits of their
 # SHA-256 in the file name (the torch.hub convention).
 _MIN_CHECKSUM_DIGITS = 8
+
+
+class DownloadError(DataError):
+    """A download that failed. ``reason`` says why in a few words (for a list of the sources
+    tried); ``no_answer`` is True when no server answered usefully (refused, unreachable, TLS,
+    timed out, kept failing): a network problem rather than a wrong file."""
+
+    def __init__(self, message: str, reason: str, no_answer: bool = False):
+        super().__init__(message)
+        self.reason = reason
+        self.no_answer = no_answer
 
 
 def mirrored_url(url: str, environ: dict[str, str] | os._Environ = os.environ) -> str:
@@ -75,6 +88,10 @@ def _hash_file(path: Path, algorithms: list[str]) -> dict[str, "hashlib._Hash"]:
             for hasher in hashers.values():
                 hasher.update(block)
     return hashers
+
+
+def sha256_of_file(path: str | Path) -> str:
+    return _hash_file(Path(path), ["sha256"])["sha256"].hexdigest()
 
 
 def _mismatch(hashers: dict, wanted: dict[str, str]) -> str | None:
@@ -138,7 +155,8 @@ def _http_error_message(url: str, error: urllib.error.HTTPError) -> str:
 
 def _unreachable(error: urllib.error.URLError) -> bool:
     """No route to the server at all: retrying will not help, so fail at once."""
-    return isinstance(error.reason, (socket.gaierror, ConnectionRefusedError))
+    # A TLS failure (download.openmmlab.com's since June 2026) will not pass on a retry either.
+    return isinstance(error.reason, (socket.gaierror, ConnectionRefusedError, ssl.SSLError))
 
 
 def download_file(url: str, dest: str | Path, *, expected_size: int | None = None,
@@ -176,9 +194,10 @@ def download_file(url: str, dest: str | Path, *, expected_size: int | None = Non
             attempt += 1
             have = part.stat().st_size if part.exists() else 0
             if attempt > retries:
-                raise DataError(
+                raise DownloadError(
                     f"download of {shown_url(url)} was interrupted ({interruption}) after {format_bytes(have)}; "
-                    f"run the same command again to resume from {part}") from None
+                    f"run the same command again to resume from {part}",
+                    f"interrupted: {interruption}", no_answer=True) from None
             wait = retry_wait_s * attempt
             print(f"{dest.name}: interrupted ({interruption}) at {format_bytes(have)}; "
                   f"resuming in {wait:g} s (attempt {attempt} of {retries})", file=output, flush=True)
@@ -187,15 +206,17 @@ def download_file(url: str, dest: str | Path, *, expected_size: int | None = Non
     size = part.stat().st_size
     if expected_size is not None and size != expected_size:
         part.unlink()
-        raise DataError(f"download of {shown_url(url)} gave {size} bytes but {expected_size} were expected; "
-                        f"the partial file was deleted, run the command again")
+        raise DownloadError(f"download of {shown_url(url)} gave {size} bytes but {expected_size} were expected; "
+                            f"the partial file was deleted, run the command again",
+                            f"{size} bytes, not {expected_size}")
     problem = _mismatch(_hash_file(part, list(wanted)), wanted) if wanted else None
     if problem:
         # Keeping bad bytes would make every later resume reuse them.
         part.unlink()
-        raise DataError(f"download of {shown_url(url)} is corrupt: {problem}; the file was deleted, "
-                        f"run the command again (if it fails again, the file changed upstream)")
-    os.replace(part, dest)
+        raise DownloadError(f"download of {shown_url(url)} is corrupt: {problem}; the file was deleted, "
+                            f"run the command again (if it fails again, the file changed upstream)",
+                            f"refused and deleted: {problem}")
+    publish_atomically(dest, lambda temp: os.replace(part, temp))
     return dest
 
 
@@ -217,12 +238,12 @@ def _transfer(url: str, part: Path, expected_size: int | None, progress: bool,
             raise _Interrupted("the server could not resume (HTTP 416)") from None
         if error.code >= 500 or error.code == 429:
             raise _Interrupted(f"HTTP {error.code} {error.reason}") from None
-        raise DataError(_http_error_message(url, error)) from None
+        raise DownloadError(_http_error_message(url, error), f"HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
         if _unreachable(error):
-            raise DataError(f"cannot reach {urllib.parse.urlsplit(url).netloc} to download {shown_url(url)} "
-                            f"({error.reason}); check the network connection, or set {MIRROR_ENV} "
-                            f"to a mirror") from None
+            raise DownloadError(f"cannot reach {urllib.parse.urlsplit(url).netloc} to download {shown_url(url)} "
+                                f"({error.reason}); check the network connection, or set {MIRROR_ENV} "
+                                f"to a mirror", f"cannot connect: {error.reason}", no_answer=True) from None
         raise _Interrupted(str(error.reason)) from None
     except (OSError, http.client.HTTPException) as error:
         raise _Interrupted(f"{type(error).__name__}: {error}") from None
@@ -244,8 +265,9 @@ def _transfer(url: str, part: Path, expected_size: int | None, progress: bool,
                 start = 0
             total = body_length
         if expected_size is not None and total is not None and total != expected_size:
-            raise DataError(f"{shown_url(url)} is {total} bytes on the server but {expected_size} were expected; "
-                            f"the file changed upstream or the link is wrong")
+            raise DownloadError(f"{shown_url(url)} is {total} bytes on the server but {expected_size} were "
+                                f"expected; the file changed upstream or the link is wrong",
+                                f"{total} bytes on the server, not {expected_size}")
         if total is not None:
             require_free_space(part.parent, total - start, f"downloading {part.name[:-len('.part')]}")
 

@@ -1,130 +1,271 @@
-"""The pretrained weights the PISA configs use, and where mmengine looks for them.
+"""One resolver for every checkpoint a run starts from: find it, download it from the first
+source that has it, verify it, and hand a local file to the weights-only loader.
 
-mmengine resolves ``open-mmlab://resnext101_32x4d`` through its
-``mmengine/hub/openmmlab.json`` to an https URL and loads every http(s)
-checkpoint with ``torch.hub.load_state_dict_from_url``, which keeps the file
-in ``<torch hub dir>/checkpoints`` under the URL's file name and downloads only
-what is not there. So a file placed in that folder under that name is used
-offline. The folder is ``$TORCH_HOME/hub/checkpoints``, where ``TORCH_HOME``
-defaults to ``$XDG_CACHE_HOME/torch`` and that to ``~/.cache/torch``
-(torch.hub.get_dir; mmengine 0.10.7 runner/checkpoint.py load_from_openmmlab
-and load_from_http). tests/test_pretrained_weights.py fails if either
-upstream lookup changes.
+References (what configs, ``--load-from``, ``pisa-data weights`` and ``--doctor`` name):
+
+* a local file;
+* an http(s) URL;
+* ``open-mmlab://NAME``, ``torchvision://NAME`` (``modelzoo://``), ``mmcls://NAME``: mapped
+  to an URL by the functions mmengine 0.10.7 itself calls (mmengine/runner/checkpoint.py:
+  hub/openmmlab.json with hub/deprecated.json and $MMENGINE_HOME/open_mmlab.json,
+  torchvision's model URLs, hub/mmcls.json), so that a name means what it means to mmengine;
+* a released model's name (fetch/model_zoo.py), for ``--load-from`` and ``pisa-data weights``.
+
+Sources, in this order: each base URL in ``$PISA_TRAIN_WEIGHT_MIRRORS`` (whitespace-separated;
+it replaces the scheme and host, the path is kept), then the URL itself, then
+https://mmassets.onedl.ai, which serves download.openmmlab.com's files at the same paths
+(download.openmmlab.com has failed since June 2026: mmdetection#12446, #12447). The mirrors
+stand in for download.openmmlab.com and download.pytorch.org only; a torchvision URL keeps
+its own host after them; any other URL is fetched as given.
+
+Verification: the hex digits after the last ``-`` of a released file's name are the start
+of its SHA-256 (torch.hub's convention). A download goes through fetch/http.py (resumable,
+into ``NAME.part``); a file whose hash does not match is refused and deleted, and the next
+source tried. The verified file is published atomically (files.py) as
+``$TORCH_HOME/hub/checkpoints/NAME``, the folder torch.hub and mmengine use
+(tests/test_pretrained_weights.py fails if torch.hub moves it); a file already there is
+verified before its first use in a process. When no source has it, one line names the
+file, each URL tried and why it failed, where to put the file by hand and, for a backbone,
+how to train without it: exit 6 when no server answered (a network problem), else 5.
 """
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pisa_train.fetch.http import download_file, mirrored_url
-from pisa_train.errors import EnvironmentProblem, PisaError, UsageError
+from pisa_train.errors import CheckpointError, EnvironmentProblem, PisaError, UsageError
+from pisa_train.fetch.http import DownloadError, download_file, sha256_of_file
+from pisa_train.fetch.model_zoo import MODEL_ZOO, released_model
 
-
-@dataclass(frozen=True)
-class KnownWeights:
-    name: str  # what the user types: `pisa-data weights --only NAME`
-    config_reference: str  # how a config names it
-    url: str
-    sha256_prefix: str  # the 8 hex digits in the file name: the start of its SHA-256
-    description: str
-
-    @property
-    def file_name(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-
-# URLs: the backbone's from mmengine 0.10.7 mmengine/hub/openmmlab.json
-# ("resnext101_32x4d"); the PISA model's from mmdetection configs/pisa/README.md
-# and metafile.yml (box AP 41.9). File sizes are not published, so only the
-# SHA-256 prefix is checked.
-KNOWN_WEIGHTS: dict[str, KnownWeights] = {
-    weights.name: weights for weights in (
-        KnownWeights(
-            name="resnext101_32x4d",
-            config_reference="open-mmlab://resnext101_32x4d",
-            url="https://download.openmmlab.com/pretrain/third_party/resnext101_32x4d-a5af3160.pth",
-            sha256_prefix="a5af3160",
-            description="ImageNet-pretrained ResNeXt-101 32x4d backbone (model.backbone.init_cfg)",
-        ),
-        KnownWeights(
-            name="pisa_faster_rcnn_x101_32x4d_fpn_1x_coco",
-            config_reference="https://download.openmmlab.com/mmdetection/v2.0/pisa/"
-                             "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco/"
-                             "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco-e4accec4.pth",
-            url="https://download.openmmlab.com/mmdetection/v2.0/pisa/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco/"
-                "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco-e4accec4.pth",
-            sha256_prefix="e4accec4",
-            description="released PISA Faster R-CNN X101-32x4d FPN 1x COCO model (box AP 41.9)",
-        ),
-    )
-}
+WEIGHT_MIRRORS_ENV = "PISA_TRAIN_WEIGHT_MIRRORS"
+OPENMMLAB_DOWNLOADS = "https://download.openmmlab.com"
+ONEDL_ASSETS = "https://mmassets.onedl.ai"
+TORCHVISION_DOWNLOADS = "https://download.pytorch.org"
+URL_SCHEMES = ("http://", "https://")
+NAME_SCHEMES = ("open-mmlab://", "openmmlab://", "torchvision://", "modelzoo://", "mmcls://")
+# What `pisa-data weights` fetches without --only: what the main config and its released model need.
+DEFAULT_WEIGHTS = ("open-mmlab://resnext101_32x4d", "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco")
+_SHA256_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
+# Enough for a mirror that is down to be passed over quickly, and for a flaky one to resume.
+_RETRIES, _RETRY_WAIT_S, _TIMEOUT_S = 2, 1.0, 30.0
 
 
 def torch_checkpoints_dir(environ: dict[str, str] | os._Environ = os.environ) -> Path:
-    """Where mmengine (through torch.hub) caches and looks for http(s) checkpoints."""
+    """Where torch.hub (and so mmengine) caches and looks for downloaded checkpoints."""
     torch_home = environ.get("TORCH_HOME") or os.path.join(environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
     return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
 
 
-def find_known_weights(reference: str) -> KnownWeights | None:
-    """The entry for a short name, config reference (``open-mmlab://...``), URL or file name; None if unknown."""
-    for weights in KNOWN_WEIGHTS.values():
-        if reference in (weights.name, weights.config_reference, weights.file_name, weights.url):
-            return weights
+def is_remote(reference: str) -> bool:
+    return str(reference).startswith(URL_SCHEMES + NAME_SCHEMES)
+
+
+def sha256_prefix(file_name: str) -> str | None:
+    """The SHA-256 prefix a released file's name carries (``resnet50-0676ba61.pth``), or None."""
+    match = _SHA256_IN_NAME.search(file_name)
+    return match.group(1) if match else None
+
+
+def checkpoint_url(reference: str) -> str:
+    """The URL mmengine would download for ``reference`` (an URL stays as it is); for an
+    ``open-mmlab://`` entry that names a file under $MMENGINE_HOME, that file's path."""
+    if reference.startswith(URL_SCHEMES):
+        return reference
+    from mmengine.runner import checkpoint as mmengine_checkpoint  # mmengine's own tables
+
+    scheme, _, name = reference.partition("://")
+    if scheme in ("open-mmlab", "openmmlab"):
+        table = mmengine_checkpoint.get_external_models()
+        name = mmengine_checkpoint.get_deprecated_model_names().get(name, name)
+    elif scheme in ("torchvision", "modelzoo"):
+        table = mmengine_checkpoint.get_torchvision_models()
+    elif scheme == "mmcls":
+        table = mmengine_checkpoint.get_mmcls_models()
+    else:
+        raise CheckpointError(f"checkpoint {reference}: pisa-train fetches http(s) URLs and "
+                              f"{', '.join(NAME_SCHEMES)} names, not {scheme}://")
+    if name not in table:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(table), n=3)
+        hint = f"did you mean {' or '.join(f'{scheme}://{c}' for c in close)}?" if close else \
+            f"mmengine's {scheme}:// table has {len(table)} names, e.g. {', '.join(list(table)[:5])}"
+        raise CheckpointError(f"checkpoint {reference} is not a name mmengine knows; {hint}")
+    return table[name]
+
+
+def weights_reference(value: str) -> str | None:
+    """What ``value`` names as a checkpoint: an existing file, an URL or scheme reference, a
+    released model (its URL) or a name of mmengine's open-mmlab:// table; None if none of these."""
+    if os.path.isfile(os.path.expanduser(value)) or is_remote(value):
+        return value
+    model = released_model(value)
+    if model is not None:
+        if model.weights_url is None:
+            raise CheckpointError(f"{model.name} has a config but no released checkpoint (MMDetection "
+                                  f"published none); train it, or start from another model's weights")
+        return model.weights_url
+    if "/" in value or value.endswith((".pth", ".pt")):
+        return None
+    from mmengine.runner.checkpoint import get_external_models
+
+    return f"open-mmlab://{value}" if value in get_external_models() else None
+
+
+def download_sources(url: str, environ: dict[str, str] | os._Environ = os.environ) -> list[str]:
+    """The URLs to try for ``url``, in order (see the module's docstring)."""
+    mirrors = [mirror.rstrip("/") for mirror in environ.get(WEIGHT_MIRRORS_ENV, "").split()]
+    for host, fallback in ((OPENMMLAB_DOWNLOADS, ONEDL_ASSETS), (TORCHVISION_DOWNLOADS, None)):
+        if url.startswith(host + "/"):
+            path = url[len(host):]
+            sources = [mirror + path for mirror in mirrors] + [url]
+            return sources + ([fallback + path] if fallback else [])
+    return [url]
+
+
+def _file_name(url: str) -> str:
+    return url.partition("?")[0].rsplit("/", 1)[-1]
+
+
+def cached_checkpoint_path(reference: str, environ: dict[str, str] | os._Environ = os.environ) -> Path:
+    """Where a downloaded ``reference`` is kept (it may not be there yet)."""
+    url = checkpoint_url(reference)
+    return torch_checkpoints_dir(environ) / _file_name(url) if url.startswith(URL_SCHEMES) else Path(url)
+
+
+_verified: dict[str, tuple[int, int]] = {}  # path -> (size, mtime) when its hash was last found right
+
+
+def cached_file_problem(path: Path) -> str | None:
+    """None if ``path`` matches the SHA-256 prefix in its name (or its name carries none), else why not."""
+    prefix = sha256_prefix(path.name)
+    stamp = (path.stat().st_size, path.stat().st_mtime_ns)
+    if prefix is None or _verified.get(str(path)) == stamp:
+        return None
+    actual = sha256_of_file(path)
+    if not actual.startswith(prefix):
+        return f"its SHA-256 {actual[:16]}... does not start with the {prefix} in its name"
+    _verified[str(path)] = stamp
     return None
 
 
-def known_weights(name: str) -> KnownWeights:
-    weights = find_known_weights(name)
-    if weights is None:
-        raise UsageError(f"unknown weights {name!r}; known: {', '.join(KNOWN_WEIGHTS)}")
-    return weights
+@dataclass
+class _Attempt:
+    url: str
+    reason: str
+    no_answer: bool
 
 
-def cached_weights_path(name: str, environ: dict[str, str] | os._Environ = os.environ) -> Path:
-    """Where mmengine will look for these weights (the file may not be there yet)."""
-    return torch_checkpoints_dir(environ) / known_weights(name).file_name
+def fetch_checkpoint(reference: str, *, setting: str | None = None, dest: str | Path | None = None,
+                     progress: bool = True, output: TextIO | None = None,
+                     environ: dict[str, str] | os._Environ = os.environ) -> Path:
+    """The local, verified file for ``reference`` (a file, URL or scheme reference), downloaded
+    into ``dest`` (default: the torch hub cache) from the first source that serves it.
+    ``setting``: the config key or flag that names it, for the message when nothing does."""
+    if not is_remote(reference):
+        path = Path(os.path.expanduser(reference))
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {reference} not found ({setting or 'load_from'}); give the path "
+                                  f"of a .pth file, an URL, or a released model's name")
+        return path
+    output = output if output is not None else sys.stdout
+    url = checkpoint_url(reference)
+    if not url.startswith(URL_SCHEMES):  # an open-mmlab:// name of a file under $MMENGINE_HOME
+        if not Path(url).is_file():
+            raise CheckpointError(f"checkpoint {reference} is {url} (mmengine's open_mmlab.json), which does "
+                                  f"not exist; put the file there or fix $MMENGINE_HOME/open_mmlab.json")
+        return Path(url)
+    target = Path(dest).expanduser() / _file_name(url) if dest is not None else \
+        torch_checkpoints_dir(environ) / _file_name(url)
+    attempts: list[_Attempt] = []
+    if target.is_file():
+        problem = cached_file_problem(target)
+        if problem is None:
+            return target
+        target.unlink()  # not the file its name promises (a partial copy, an error page): fetch it afresh
+        attempts.append(_Attempt(str(target), f"{problem}; deleted", no_answer=False))
+        print(f"{target.name}: the copy in {target.parent} was not the right file ({problem}); deleted it",
+              file=output, flush=True)
+    for source in download_sources(url, environ):
+        try:
+            download_file(source, target, sha256=sha256_prefix(target.name), progress=progress, output=output,
+                          retries=_RETRIES, retry_wait_s=_RETRY_WAIT_S, timeout_s=_TIMEOUT_S)
+        except DownloadError as error:
+            attempts.append(_Attempt(source, error.reason, error.no_answer))
+            print(f"{target.name}: {source} failed ({error.reason})", file=output, flush=True)
+            continue
+        verified = f"verified (SHA-256 {sha256_prefix(target.name)}...)" if sha256_prefix(target.name) else \
+            "not verified: its name carries no SHA-256"
+        print(f"{target.name}: downloaded from {source}, {verified}, into {target.parent}", file=output, flush=True)
+        return target
+    raise unavailable_error(reference, target, attempts, setting)
+
+
+def weights_name(reference: str) -> str:
+    """What `pisa-data weights --only` takes for ``reference``: a released model's name where it is one."""
+    return next((model.name for model in MODEL_ZOO.values() if model.weights_url == reference), reference)
+
+
+def unavailable_error(reference: str, target: Path, attempts: list[_Attempt], setting: str | None) -> PisaError:
+    """The one line for a checkpoint no source served: ENVIRONMENT_ERROR when no server answered."""
+    name = weights_name(reference)
+    known_as = f" ({name})" if not name.startswith(URL_SCHEMES) else ""
+    tried = "; ".join(f"{attempt.url} ({attempt.reason})" for attempt in attempts)
+    message = (f"cannot get checkpoint {target.name}{known_as}, tried: {tried}; download it where there is network "
+               f"(`pisa-data weights --only {name}`, or set {WEIGHT_MIRRORS_ENV} to a mirror that has it) and put "
+               f"it at {target}")
+    backbone_init = setting if setting and setting.endswith("init_cfg.checkpoint") else \
+        "model.backbone.init_cfg.checkpoint" if setting is None and reference.startswith(NAME_SCHEMES) else None
+    if backbone_init:
+        message += (f", or train without it: --cfg-options {backbone_init.removesuffix('.checkpoint')}=None "
+                    f"(the backbone starts from random weights: far lower accuracy)")
+    error_type = EnvironmentProblem if attempts and all(a.no_answer for a in attempts) else CheckpointError
+    return error_type(message)
 
 
 def fetch_weights(names: list[str] | None = None, dest: str | Path | None = None, *, progress: bool = True,
                   output: TextIO | None = None) -> list[Path]:
-    """Download (or verify, if present) the named weights into ``dest`` (default: the torch hub folder)."""
-    folder = Path(dest).expanduser() if dest is not None else torch_checkpoints_dir()
-    selected = [known_weights(name) for name in names] if names else list(KNOWN_WEIGHTS.values())
-    return [download_file(mirrored_url(weights.url), folder / weights.file_name,
-                          sha256=weights.sha256_prefix, progress=progress, output=output)
-            for weights in selected]
+    """``pisa-data weights``: download (or verify, if present) the named weights into ``dest``
+    (default: the torch hub folder). Names: released models, open-mmlab:// names, references, URLs."""
+    references = []
+    for name in names or DEFAULT_WEIGHTS:
+        reference = weights_reference(name)
+        if reference is None:
+            raise UsageError(f"unknown weights {name!r}; give a released model's name (`pisa-train --list`), a "
+                            f"name of mmengine's open-mmlab:// table (e.g. resnext101_32x4d, vgg16_caffe), a "
+                            f"reference such as torchvision://resnet50, or an URL")
+        references.append(reference)
+    return [fetch_checkpoint(reference, dest=dest, progress=progress, output=output) for reference in references]
 
 
-def missing_weights_message(name: str, environ: dict[str, str] | os._Environ = os.environ) -> str:
-    """One line for when training needs these weights and cannot download them."""
-    weights = known_weights(name)
-    place = cached_weights_path(name, environ)
-    message = (f"cannot get the {weights.description}: {weights.file_name} is not in {place.parent} and could not "
-               f"be downloaded from {weights.url}; run `pisa-data weights --only {weights.name}` where there "
-               f"is network, or download that URL and put the file at {place}")
-    if weights.config_reference.startswith("open-mmlab://"):
-        message += (", or train the backbone from scratch with "
-                    "`--cfg-options model.backbone.init_cfg=None` (much lower accuracy)")
-    return message
+def config_checkpoints(cfg) -> list[tuple[str, str]]:
+    """(config key, reference) for every checkpoint a config starts from: each
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)`` in its model, and ``load_from``."""
+    found = []
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "Pretrained" and node.get("checkpoint"):
+                found.append((f"{key}.checkpoint", str(node["checkpoint"])))
+            for name, value in node.items():
+                walk(value, f"{key}.{name}")
+        elif isinstance(node, (list, tuple)):
+            for index, value in enumerate(node):
+                walk(value, f"{key}.{index}")
+
+    walk(cfg.get("model"), "model")
+    if cfg.get("load_from"):
+        found.append(("load_from", str(cfg.load_from)))
+    return found
 
 
-def weights_download_failure(cfg, error: BaseException) -> PisaError | None:
-    """The error to report when ``error`` is MMEngine failing to download the
-    pretrained weights the config's backbone starts from; None for any other error."""
-    import urllib.error
-
-    if not isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError)):
-        return None
-    init_cfg = ((cfg.get("model") or {}).get("backbone") or {}).get("init_cfg") or {}
-    reference = init_cfg.get("checkpoint") if isinstance(init_cfg, dict) else None
-    if not reference:
-        return None
-    if find_known_weights(reference) is not None:
-        return EnvironmentProblem(missing_weights_message(reference) + f" ({error})")
-    return EnvironmentProblem(f"cannot download the pretrained weights {reference} that "
-                              f"model.backbone.init_cfg names ({error}); put the file where mmengine looks "
-                              f"({torch_checkpoints_dir()}), or train from scratch with "
-                              f"`--cfg-options model.backbone.init_cfg=None`")
+def where_mmengine_looks(paths: list[Path]) -> list[str]:
+    """A note for weights fetched into a folder other than the one mmengine reads, else nothing."""
+    if not paths or paths[0].parent.resolve() == torch_checkpoints_dir().resolve():
+        return []
+    return [f"note: mmengine looks in {torch_checkpoints_dir()}; set TORCH_HOME so that $TORCH_HOME/hub/checkpoints "
+            f"is {paths[0].parent}, or give the file path in the config"]

@@ -1,5 +1,5 @@
-"""COCO bbox evaluation of dumped detections: the summary, per-class AP, precision-recall
-curves, and the metrics as a table and as JSON.
+"""COCO evaluation of dumped detections (boxes, and masks for Mask R-CNN): the summary,
+per-class AP, precision-recall curves, and the metrics as a table and as JSON.
 
 mmdet's CocoMetric computes the six summary numbers but keeps COCOeval's
 ``eval['precision']`` to itself (and prints its classwise table only to the
@@ -10,7 +10,9 @@ tests/test_coco_evaluation.py checks that its twelve summary numbers and its
 precision array equal pycocotools' on generated data) or, with
 ``--coco-backend pycocotools``, with pycocotools, as CocoMetric would. The
 numbers are those CocoMetric reports (rounded to 3 decimals in the summary),
-with the per-class precision kept.
+with the per-class precision kept. A config whose ``test_evaluator.metric`` has
+``'segm'`` (the Mask R-CNN configs) gets its masks evaluated the same way, from
+CocoMetric's ``.segm.json``.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ COCO_BBOX_METRICS = (
     ("APm", "coco/bbox_mAP_m"),
     ("APl", "coco/bbox_mAP_l"),
 )
+# What COCOeval evaluates (its iouType) that pisa-eval reports, as CocoMetric names them in `metric`.
+IOU_TYPES = ("bbox", "segm")
 # COCOeval's precision array: [iou threshold, recall point, class, area range, max detections];
 # area range 0 is "all" and the last max-detections setting is 100.
 AREA_ALL, MAX_DETS_100 = 0, -1
@@ -56,12 +60,20 @@ def coco_api(backend: str):
     raise ValueError(f"unknown COCO evaluation backend {backend!r}; expected one of {BACKENDS}")
 
 
-def evaluate_bbox(ground_truth, detections, backend: str = "pycocotools", classes=None, quiet: bool = True):
+def evaluated_iou_types(metric) -> list[str]:
+    """What pisa-eval evaluates for a CocoMetric ``metric`` ('bbox', or ['bbox', 'segm'])."""
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    return [iou_type for iou_type in IOU_TYPES if iou_type in metrics]
+
+
+def evaluate_bbox(ground_truth, detections, backend: str = "pycocotools", classes=None, quiet: bool = True,
+                  iou_type: str = "bbox"):
     """Run COCOeval (evaluate, accumulate, summarize) on a ground-truth file or dict and a
     detections file or list, and return the evaluation object (``stats``, ``eval['precision']``).
 
     ``classes`` (names) limits the evaluation to those categories, as CocoMetric limits it to
-    the config's classes (a Roboflow export's box-less root category is not one of them)."""
+    the config's classes (a Roboflow export's box-less root category is not one of them).
+    ``iou_type='segm'`` evaluates the detections' masks instead of their boxes."""
     COCO, COCOeval = coco_api(backend)
     sink = io.StringIO() if quiet else None
     with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
@@ -78,7 +90,7 @@ def evaluate_bbox(ground_truth, detections, backend: str = "pycocotools", classe
             dt.dataset = {"images": gt.dataset.get("images", []), "categories": gt.dataset.get("categories", []),
                           "annotations": []}
             dt.createIndex()
-        evaluation = COCOeval(gt, dt, "bbox")
+        evaluation = COCOeval(gt, dt, iou_type)
         if classes:
             by_name = {cat["name"]: cat_id for cat_id, cat in gt.cats.items()}
             missing = [name for name in classes if name not in by_name]
@@ -174,10 +186,10 @@ def summary_from_stats(stats) -> dict:
     return {name: round(float(stats[index]), 3) for index, (name, _) in enumerate(COCO_BBOX_METRICS)}
 
 
-def format_metrics_table(summary: dict) -> str:
+def format_metrics_table(summary: dict, iou_type: str = "bbox") -> str:
     names = list(summary)
     widths = [max(len(n), 6) for n in names]
     header = " | ".join(n.rjust(w) for n, w in zip(names, widths))
     rule = "-+-".join("-" * w for w in widths)
     values = " | ".join(f"{summary[n]:.3f}".rjust(w) for n, w in zip(names, widths))
-    return f"COCO bbox metrics\n{header}\n{rule}\n{values}"
+    return f"COCO {iou_type} metrics\n{header}\n{rule}\n{values}"

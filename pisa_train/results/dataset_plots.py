@@ -127,9 +127,10 @@ def draw_training_images(folder: str | Path, classes: list[str], path: str | Pat
     return path
 
 
-def plot_dataset(folder: str | Path, classes: list[str], out_dir: str | Path) -> list[Path]:
-    """Everything ``pisa-data check --plots`` writes into ``out_dir``; the files written."""
-    out_dir = Path(out_dir)
+def plot_dataset(folder: str | Path, classes: list[str], out_dir: str | Path | None = None) -> list[Path]:
+    """Everything ``pisa-data check --plots`` writes into ``out_dir`` (default: check_plots/<folder name>
+    in the current directory, where runs also go; the dataset's own folder may be read-only); the files written."""
+    out_dir = Path(out_dir) if out_dir else Path("check_plots") / Path(folder).resolve().name
     statistics = label_statistics(folder, classes)
     write_json_atomically(out_dir / "label_statistics.json", statistics)
     written = [out_dir / "label_statistics.json", plot_label_statistics(statistics, out_dir / "labels.png")]

@@ -74,12 +74,20 @@ def analyse_evaluation(evaluation, ground_truth_file: str, detections_file: str,
     }
 
 
-def evaluate_and_analyse(ground_truth_file: str, detections_file: str, backend: str, classes, image_folder,
-                         analysis_dir: str | Path, score_thr: float, worst: int, **context) -> dict:
-    """The COCO metrics of the detections, per class too, and the analyses (written into ``analysis_dir``),
-    as one record: ``{"bbox": ..., "per_class": ..., **context, "analysis": ...}``."""
-    evaluation = coco_metrics.evaluate_bbox(ground_truth_file, detections_file, backend, classes=classes)
-    analysis = analyse_evaluation(evaluation, ground_truth_file, detections_file, classes, image_folder or ".",
+def evaluate_and_analyse(ground_truth_file: str, detections_prefix: str, iou_types, backend: str, classes,
+                         image_folder, analysis_dir: str | Path, score_thr: float, worst: int, **context) -> dict:
+    """The COCO metrics of the detections dumped as ``detections_prefix`` + ``.bbox.json`` (and ``.segm.json``
+    when ``iou_types`` has 'segm'), per class too, and the analyses of the boxes (written into
+    ``analysis_dir``), as one record: ``{"bbox": ..., "per_class": ..., ["segm": ..., "per_class_segm": ...,]
+    **context, "analysis": ...}``."""
+    detections = f"{detections_prefix}.bbox.json"
+    evaluation = coco_metrics.evaluate_bbox(ground_truth_file, detections, backend, classes=classes)
+    record = {"bbox": coco_metrics.summary_from_stats(evaluation.stats),
+              "per_class": coco_metrics.per_class_ap(evaluation)}
+    if "segm" in iou_types:
+        masks = coco_metrics.evaluate_bbox(ground_truth_file, f"{detections_prefix}.segm.json", backend,
+                                           classes=classes, iou_type="segm")
+        record.update(segm=coco_metrics.summary_from_stats(masks.stats), per_class_segm=coco_metrics.per_class_ap(masks))
+    analysis = analyse_evaluation(evaluation, ground_truth_file, detections, classes, image_folder or ".",
                                   analysis_dir, score_thr, worst, SAMPLE_IMAGES)
-    return {"bbox": coco_metrics.summary_from_stats(evaluation.stats), "per_class": coco_metrics.per_class_ap(evaluation),
-            **context, "analysis": analysis}
+    return {**record, **context, "analysis": analysis}

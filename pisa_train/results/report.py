@@ -141,10 +141,10 @@ def _evaluation_sections(work_dir: Path) -> str:
         if evaluation.get(iou_type):
             summary = evaluation[iou_type]
             parts.append(f"<h3>{iou_type}</h3>" + _table(list(summary), [list(summary.values())], numeric_from=0))
-    per_class = evaluation.get("per_class") or {}
-    if per_class:
-        parts.append("<h3>AP per class</h3>" + _table(["class", "AP", "AP50", "AP75"], [
-            [name, row.get("AP"), row.get("AP50"), row.get("AP75")] for name, row in per_class.items()]))
+    for key, title in (("per_class", "AP per class"), ("per_class_segm", "mask AP per class")):
+        if evaluation.get(key):
+            parts.append(f"<h3>{title}</h3>" + _table(["class", "AP", "AP50", "AP75"], [
+                [name, row.get("AP"), row.get("AP50"), row.get("AP75")] for name, row in evaluation[key].items()]))
     parts.append('<h2 id="pr-curves">Precision-recall curves</h2>')
     parts.append(_figures([(folder / path, Path(path).stem.replace("pr_curve_", "")) for path in analysis.get(
         "pr_curves", [])]) if analysis.get("pr_curves") else _missing("no precision-recall curves in this evaluation"))

@@ -7,6 +7,8 @@ A config names them by type, as config/rewrites.py adds them:
   atomically and deleting old checkpoints last; replaces the config's CheckpointHook.
 * ``CheckpointMatchesModelHook`` (checkpoint_compatibility.py): refuses a checkpoint
   for another model when resuming or evaluating.
+* ``FineTuneCheckpointHook`` (checkpoint_compatibility.py): starting from ``load_from``, the
+  class-specific layers of a checkpoint for other classes start fresh; other differences are refused.
 * ``NonFiniteLossHook``, ``StopOnSignalHook`` (training_guards.py): a NaN/Inf loss stops
   the run (or skips the step); SIGTERM/SIGINT save a checkpoint and stop.
 * ``PerRankLossHook`` (per_rank_losses.py): every process's loss in a distributed run.
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
 from pisa_train.engine.hooks.autocast_testing import AutocastTestHook
-from pisa_train.engine.hooks.checkpoint_compatibility import CheckpointMatchesModelHook
+from pisa_train.engine.hooks.checkpoint_compatibility import CheckpointMatchesModelHook, FineTuneCheckpointHook
 from pisa_train.engine.hooks.per_rank_losses import PerRankLossHook
 from pisa_train.engine.hooks.progress_bar import ProgressBarHook
 from pisa_train.engine.hooks.training_guards import NonFiniteLossHook, StopOnSignalHook
 
-PISA_TRAIN_HOOKS = (AtomicCheckpointHook, CheckpointMatchesModelHook, NonFiniteLossHook, StopOnSignalHook,
-                    PerRankLossHook, ProgressBarHook, AutocastTestHook)
+PISA_TRAIN_HOOKS = (AtomicCheckpointHook, CheckpointMatchesModelHook, FineTuneCheckpointHook, NonFiniteLossHook,
+                    StopOnSignalHook, PerRankLossHook, ProgressBarHook, AutocastTestHook)
 
 
 def register_hooks() -> None:

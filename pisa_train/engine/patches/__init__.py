@@ -6,6 +6,9 @@ changes that behaviour (the ``test_upstream_*`` / ``test_mmcv_*`` guard tests):
 
 * checkpoint_loading.py: weights-only loading of every checkpoint, with an allowlist of
   what mmengine's training checkpoints hold (mmengine 0.10.7, open-mmlab/mmengine#1655).
+* checkpoint_downloads.py: checkpoints named by URL, open-mmlab://, torchvision:// or mmcls://
+  fetched through pisa-train's verified, mirrored resolver and loaded weights-only (mmengine 0.10.7
+  loads them with torch.hub, which unpickles in full; download.openmmlab.com is gone).
 * torchvision_nms.py: mmcv's NMS kernel answered by torchvision's (``--ops-backend``).
 * distributed_on_cpu.py: ``--launcher pytorch|slurm|mpi`` on CPUs with gloo.
 * skip_nonfinite_updates.py: ``nonfinite_loss='skip'`` drops the optimizer step.

@@ -24,10 +24,10 @@ replaces mmengine's loader for local files (the ``''`` scheme of
 ``CheckpointLoader``, mmengine's own extension point) with
 ``load_checkpoint_file``, which passes ``weights_only=True`` explicitly and turns
 torch's failures into a CheckpointError that says why and what to do; and it
-drops ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` for the downloads (``open-mmlab://``,
-``torchvision://``, ``https://``), which mmengine loads with torch's default.
-The one way around it is ``--trust-checkpoint FILE``: that file, and only that
-file, is unpickled in full.
+has checkpoint_downloads.py replace mmengine's loaders of downloads (``https://``,
+``open-mmlab://``, ``torchvision://``, ``mmcls://``), which unpickle in full, so that a
+downloaded file is read by ``load_checkpoint_file`` too. The one way around it is
+``--trust-checkpoint FILE``: that file, and only that file, is unpickled in full.
 """
 from __future__ import annotations
 
@@ -183,7 +183,10 @@ def guard_checkpoint_loading(trusted_files=(), say=print) -> None:
         return
     from mmengine.runner.checkpoint import CheckpointLoader
 
+    from pisa_train.engine.patches.checkpoint_downloads import register_remote_checkpoint_loaders
+
     CheckpointLoader.register_scheme(prefixes="", loader=_load_from_local, force=True)
+    register_remote_checkpoint_loaders()
     _guarded = True
 
 
