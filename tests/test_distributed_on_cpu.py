@@ -294,10 +294,7 @@ def test_two_processes_on_cpu_train_checkpoint_once_and_resume(tmp_path):
     assert "Iter(train) [2/2]" in log and "loss_cls:" in log
     for rank in (0, 1):  # every process's own loss, not only rank 0's
         assert re.search(rf"rank {rank}/2 iter 2: loss: \d+\.\d+ .*loss_cls: \d+\.\d+", log), rank
-    # One set of checkpoints (rank 0 writes them), no temporary files left behind.
-    assert sorted(p.name for p in work_dir.iterdir() if p.is_file() and not p.name.endswith(".py")
-                  and not p.name.endswith(".png")) == ["iter_1.pth", "iter_2.pth", "last_checkpoint"]
-    assert not [p for p in work_dir.rglob(".*") if p.is_file()]
+    assert_rank_0_alone_wrote_the_work_dir(work_dir)
 
     second = run_command("train", tiny_demo(work_dir, 3, "--nproc", "2", "--auto-scale-lr", "--resume"),
                          cwd=tmp_path, timeout=300)
@@ -306,6 +303,19 @@ def test_two_processes_on_cpu_train_checkpoint_once_and_resume(tmp_path):
     assert "resumed epoch: 0, iter: 2" in log
     assert "Iter(train) [3/3]" in log
     assert (work_dir / "last_checkpoint").read_text().strip().endswith("iter_3.pth")
+
+
+def assert_rank_0_alone_wrote_the_work_dir(work_dir):
+    """One set of checkpoints and one run record and report (rank 0 writes them), no temporary files."""
+    import json
+
+    assert sorted(p.name for p in work_dir.iterdir() if p.is_file() and not p.name.endswith(".py")
+                  and not p.name.endswith(".png")) == [
+        "iter_1.pth", "iter_2.pth", "last_checkpoint", "report.html", "run.json"]
+    runs = json.loads((work_dir / "run.json").read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["last_checkpoint"].endswith("iter_2.pth"), runs
+    assert sum("world size: 2;" in line for line in runs[0]["description"]) == 1, runs[0]["description"]
+    assert not [p for p in work_dir.rglob(".*") if p.is_file()]
 
 
 # What srun and Open MPI's mpirun give each process they start (rank, world size of 2).
@@ -354,10 +364,7 @@ def test_two_processes_started_by_srun_or_mpirun_on_cpu_train_and_checkpoint_onc
     assert "Iter(train) [2/2]" in logs[0]
     for rank in (0, 1):  # each process trained as its rank of 2
         assert re.search(rf"rank {rank}/2 iter 2: loss: \d+\.\d+", "".join(logs)), rank
-    # One set of checkpoints (rank 0 writes them), no temporary files left behind.
-    assert sorted(p.name for p in work_dir.iterdir() if p.is_file() and not p.name.endswith(".py")
-                  and not p.name.endswith(".png")) == ["iter_1.pth", "iter_2.pth", "last_checkpoint"]
-    assert not [p for p in work_dir.rglob(".*") if p.is_file()]
+    assert_rank_0_alone_wrote_the_work_dir(work_dir)
 
 
 def test_dist_train_and_slurm_train_scripts_start_pisa_train(tmp_path):

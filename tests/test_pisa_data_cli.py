@@ -134,6 +134,26 @@ def test_download_of_a_zip_slip_archive_fails_and_writes_nothing_outside(tmp_pat
     assert not (dest / "train").exists()
 
 
+def test_download_of_a_zip_whose_links_chain_out_writes_nothing_outside_and_is_not_called_corrupt(tmp_path, capsys):
+    from test_archives import zip_with_a_link_chain
+
+    evil = zip_with_a_link_chain(tmp_path / "chain.zip").read_bytes()
+    outside_before = sorted(p.name for p in tmp_path.iterdir())
+    with LocalHTTPServer(files={"/chain.zip": evil}) as server:
+        dest = tmp_path / "a" / "b" / "data"
+        assert main(["download", server.url("/chain.zip"), "--dest", str(dest), "--no-progress"]) == DATA_ERROR
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"pisa-data: error: refusing to extract {dest / 'chain.zip'}: 4 of its entries are not "
+                          f"plain files and folders inside {dest} ('a' is a symbolic link (to '.'); "), err
+    assert "corrupt" not in err and "download it again" not in err
+    # Nothing beside or above --dest: the file the chain aimed at (x, three folders up) is nowhere.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(outside_before + ["a"])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "a").rglob("*")) == [
+        "a/b", "a/b/data", "a/b/data/chain.zip"]
+    assert not (tmp_path / "x").exists()  # where a/b/c/d/x would have landed through the links
+
+
 def test_archive_that_is_not_a_dataset_says_what_was_expected(tmp_path, capsys):
     with LocalHTTPServer(files={"/x.zip": _zip_bytes({"readme.txt": b"hello"})}) as server:
         assert main(["download", server.url("/x.zip"), "--dest", str(tmp_path / "x")]) == DATA_ERROR

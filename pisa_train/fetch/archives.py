@@ -1,15 +1,22 @@
 """Safe extraction of zip and tar (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz) archives.
 
 Datasets come from the internet, so an archive is checked before anything is
-written: entries with absolute paths, ``..`` components, links that point
-outside the destination, and device files are refused. The archive is then
-extracted into a temporary folder beside the destination and moved into place
-only when extraction finished, so a refused or corrupt archive leaves nothing
-half-extracted behind.
+written, and refused whole when any entry is not a plain file or folder inside
+the destination: absolute paths, ``..`` components, links of any kind, and
+device files, FIFOs and sockets. Links are refused rather than checked because
+datasets do not need them and a chain of them (``a -> .``, ``a/b -> ..``, ...)
+defeats any check of their text: only the disk can say where a path through
+several links ends. Tar archives are extracted only with tarfile's ``data``
+filter (PEP 706), which repeats these checks as each member is written.
+
+The archive is extracted into a temporary folder beside the destination and
+moved into place only when extraction finished, so a refused or corrupt archive
+leaves nothing half-extracted behind; a file of the archive replaces a file of
+the same name (re-extracting after an interruption works), but nothing the
+destination already holds is deleted to make room for the archive's entries.
 """
 from __future__ import annotations
 
-import posixpath
 import re
 import shutil
 import stat
@@ -22,11 +29,13 @@ from pathlib import Path
 from typing import TextIO
 
 from pisa_train.fetch.http import require_free_space
-from pisa_train.errors import DataError
+from pisa_train.errors import DataError, EnvironmentProblem
 from pisa_train.terminal import ProgressReporter
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 _SHOWN_REFUSALS = 3
+# The Python releases whose tarfile has the data filter (PEP 706), among those pisa-train supports.
+PYTHONS_WITH_TAR_DATA_FILTER = "3.10.12+, 3.11.4+, 3.12 and 3.13"
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class ArchiveEntry:
     """What an archive member would create, in the archive's own terms."""
 
     name: str
-    kind: str  # "file", "dir", "symlink", "hardlink" or "special"
+    kind: str  # "file", "dir", "symlink", "hardlink", or what else it is ("device file", "FIFO", ...)
     size: int = 0
     link_target: str = ""
 
@@ -62,32 +71,38 @@ def _is_absolute(name: str) -> bool:
 
 
 def unsafe_reason(entry: ArchiveEntry) -> str | None:
-    """Why extracting ``entry`` could write outside the destination, or None if it is safe."""
+    """What extracting ``entry`` would do that a dataset archive must not, or None if it is safe."""
     if _is_absolute(entry.name):
-        return f"{entry.name!r} is an absolute path"
+        return f"{entry.name!r} is an absolute path, outside the destination"
     if ".." in _split_parts(entry.name):
-        return f"{entry.name!r} climbs out with '..'"
-    if entry.kind == "special":
-        return f"{entry.name!r} is a device or pipe, not a file"
+        return f"{entry.name!r} points outside the destination with '..'"
     if entry.kind in ("symlink", "hardlink"):
-        target = entry.link_target
-        if _is_absolute(target):
-            return f"{entry.name!r} links to the absolute path {target!r}"
-        # A symlink is resolved from its own folder, a tar hard link from the archive root.
-        base = posixpath.dirname(entry.name.replace("\\", "/")) if entry.kind == "symlink" else ""
-        resolved = posixpath.normpath(posixpath.join(base, target.replace("\\", "/")))
-        if resolved == ".." or resolved.startswith("../"):
-            return f"{entry.name!r} links outside the destination ({target!r})"
+        return f"{entry.name!r} is a {'symbolic' if entry.kind == 'symlink' else 'hard'} link (to {entry.link_target!r})"
+    if entry.kind not in ("file", "dir"):
+        return f"{entry.name!r} is a {entry.kind}, not a file"
+    return None
+
+
+def _special_kind(mode: int) -> str | None:
+    """The name of a file type that is neither a regular file, a folder nor a link, from st_mode bits."""
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
     return None
 
 
 def _zip_entries(archive: zipfile.ZipFile) -> list[ArchiveEntry]:
     entries = []
     for info in archive.infolist():
-        mode = info.external_attr >> 16
+        mode = info.external_attr >> 16  # the Unix st_mode, where the archive was made on Unix
         if stat.S_ISLNK(mode):
             target = archive.read(info).decode("utf-8", "replace")
             entries.append(ArchiveEntry(info.filename, "symlink", 0, target))
+        elif _special_kind(mode):
+            entries.append(ArchiveEntry(info.filename, _special_kind(mode)))
         elif info.is_dir():
             entries.append(ArchiveEntry(info.filename, "dir"))
         else:
@@ -106,8 +121,12 @@ def _tar_entries(archive: tarfile.TarFile) -> list[ArchiveEntry]:
             entries.append(ArchiveEntry(member.name, "dir"))
         elif member.isfile():
             entries.append(ArchiveEntry(member.name, "file", member.size))
+        elif member.ischr() or member.isblk():
+            entries.append(ArchiveEntry(member.name, "device file"))
+        elif member.isfifo():
+            entries.append(ArchiveEntry(member.name, "FIFO (named pipe)"))
         else:
-            entries.append(ArchiveEntry(member.name, "special"))
+            entries.append(ArchiveEntry(member.name, f"tar member of type {member.type!r}"))
     return entries
 
 
@@ -129,27 +148,46 @@ def _corrupt(archive_path: Path, error: Exception) -> DataError:
 
 
 def check_archive_is_safe(archive_path: str | Path, dest_dir: str | Path) -> list[ArchiveEntry]:
-    """Return the entries of the archive, or raise DataError naming every unsafe one."""
+    """Return the entries of the archive, or raise DataError naming what the archive tried."""
     entries = list_entries(archive_path)
     refusals = [reason for reason in map(unsafe_reason, entries) if reason]
     if refusals:
-        shown = "; ".join(refusals[:_SHOWN_REFUSALS])
-        more = f"; and {len(refusals) - _SHOWN_REFUSALS} more" if len(refusals) > _SHOWN_REFUSALS else ""
-        raise DataError(f"refusing to extract {archive_path}: {len(refusals)} entries would write outside "
-                        f"{dest_dir} ({shown}{more}); nothing was extracted, get the archive from a "
-                        f"trusted source")
+        raise _hostile(archive_path, dest_dir, refusals)
     return entries
+
+
+def _hostile(archive_path: Path | str, dest_dir: Path | str, refusals: list[str]) -> DataError:
+    shown = "; ".join(refusals[:_SHOWN_REFUSALS])
+    more = f"; and {len(refusals) - _SHOWN_REFUSALS} more" if len(refusals) > _SHOWN_REFUSALS else ""
+    return DataError(f"refusing to extract {archive_path}: {len(refusals)} of its entries are not plain files "
+                     f"and folders inside {dest_dir} ({shown}{more}); dataset archives need only files and "
+                     f"folders, so this one was made to write elsewhere or was packed wrongly: nothing was "
+                     f"extracted; get the dataset from a source you trust")
+
+
+def _require_tar_data_filter(archive_path: Path) -> None:
+    if not hasattr(tarfile, "data_filter"):
+        version = ".".join(map(str, sys.version_info[:3]))
+        raise EnvironmentProblem(
+            f"cannot extract the tar archive {archive_path} safely with Python {version}: its tarfile module "
+            f"lacks the 'data' filter (PEP 706), which Python {PYTHONS_WITH_TAR_DATA_FILTER} have; use one "
+            f"of those for pisa-data, or extract the archive yourself and point --data at the folder")
 
 
 def extract_archive(archive_path: str | Path, dest_dir: str | Path, *, progress: bool = True,
                     output: TextIO | None = None) -> list[str]:
     """Extract a zip or tar archive into ``dest_dir``; return its top-level names.
 
-    Existing folders in ``dest_dir`` are merged with the archive's, and files
-    of the same name are replaced (re-extracting after an interruption works).
+    Existing folders in ``dest_dir`` are merged with the archive's, and files of the same
+    name are replaced (re-extracting after an interruption works); where the archive has a
+    file in place of an existing folder, or a folder in place of an existing file, nothing
+    is moved and the archive is refused.
     """
     archive_path, dest_dir = Path(archive_path), Path(dest_dir)
     output = output if output is not None else sys.stdout
+    is_zip = archive_format(archive_path) == "zip"
+    if not is_zip:
+        _require_tar_data_filter(archive_path)
     entries = check_archive_is_safe(archive_path, dest_dir)
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     require_free_space(dest_dir.parent, sum(entry.size for entry in entries), f"extracting {archive_path.name}")
@@ -159,16 +197,23 @@ def extract_archive(archive_path: str | Path, dest_dir: str | Path, *, progress:
         reporter = ProgressReporter(f"extracting {archive_path.name}", len(entries), unit="files",
                                     stream=output) if progress else None
         try:
-            if archive_format(archive_path) == "zip":
+            if is_zip:
                 _extract_zip(archive_path, staging, reporter)
             else:
                 _extract_tar(archive_path, staging, reporter)
+        except tarfile.FilterError as error:  # the data filter caught what our check let through
+            raise _hostile(archive_path, dest_dir, [f"tarfile's data filter: {error}"]) from None
         except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
             raise _corrupt(archive_path, error) from None
         finally:
             if reporter:
                 reporter.finish()
         top_level = sorted(child.name for child in staging.iterdir())
+        clashes = [clash for name in top_level for clash in _clashes(staging / name, dest_dir / name, dest_dir)]
+        if clashes:
+            raise DataError(f"refusing to extract {archive_path} into {dest_dir}: {'; '.join(clashes[:3])}"
+                            f"{f'; and {len(clashes) - 3} more' if len(clashes) > 3 else ''}; nothing was "
+                            f"changed there: move those away, or choose another --dest")
         dest_dir.mkdir(parents=True, exist_ok=True)
         for name in top_level:
             _move_merging(staging / name, dest_dir / name)
@@ -180,33 +225,35 @@ def extract_archive(archive_path: str | Path, dest_dir: str | Path, *, progress:
 def _extract_zip(archive_path: Path, staging: Path, reporter: ProgressReporter | None) -> None:
     with zipfile.ZipFile(archive_path) as archive:
         for done, info in enumerate(archive.infolist(), start=1):
-            if stat.S_ISLNK(info.external_attr >> 16):
-                # zipfile would write the link as a text file; make the (already checked) link.
-                link = staging / info.filename
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(archive.read(info).decode("utf-8"))
-            else:
-                archive.extract(info, staging)
+            archive.extract(info, staging)
             if reporter:
                 reporter.update(done)
 
 
 def _extract_tar(archive_path: Path, staging: Path, reporter: ProgressReporter | None) -> None:
-    # The "data" filter (Python 3.11.4+, PEP 706) repeats our checks and drops
-    # set-uid bits; our own check above gives the clearer, all-at-once message.
-    extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(archive_path) as archive:
         for done, member in enumerate(archive, start=1):
-            archive.extract(member, staging, **extra)
+            archive.extract(member, staging, filter="data")
             if reporter:
                 reporter.update(done)
 
 
+def _clashes(source: Path, target: Path, dest_dir: Path) -> list[str]:
+    """Where moving ``source`` onto ``target`` would delete something the destination already holds."""
+    if not target.exists() and not target.is_symlink():
+        return []
+    if source.is_dir():
+        if not target.is_dir():
+            return [f"its folder {target.relative_to(dest_dir)} would replace the file {target}"]
+        return [clash for child in source.iterdir() for clash in _clashes(child, target / child.name, dest_dir)]
+    if target.is_dir():
+        return [f"its file {target.relative_to(dest_dir)} would replace the folder {target}"]
+    return []
+
+
 def _move_merging(source: Path, target: Path) -> None:
-    if source.is_dir() and not source.is_symlink() and target.is_dir() and not target.is_symlink():
+    if source.is_dir() and target.is_dir():
         for child in source.iterdir():
             _move_merging(child, target / child.name)
         return
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    source.replace(target)
+    source.replace(target)  # a file over a file of the same name, or onto a free name
