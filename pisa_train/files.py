@@ -79,6 +79,6 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[str]:
             try:
                 os.unlink(osp.join(folder, name))
                 removed.append(name)
-            except OSError:
-                pass
+            except FileNotFoundError:
+                pass  # another process of the run removed it first
     return removed

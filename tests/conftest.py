@@ -1,7 +1,9 @@
 """Shared fixtures: paths, running the real console commands, and small generated datasets."""
 from __future__ import annotations
 
+import importlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,64 @@ X101_PISA_CONFIG = CONFIGS / "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
 # A real Roboflow export (train split, 9 images, root category 'badminton', one class
 # 'shuttlecock'), in the project's shared/ folder beside the repository. Read-only: copy it first.
 ROBOFLOW_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "roboflow-badminton"
+
+
+class ProcessState:
+    """What in-process tests change for the whole test process: the environment (CUDA_VISIBLE_DEVICES
+    from --device cpu, LOCAL_RANK, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD ...), the working directory, and
+    the process-wide patches pisa-train applies (engine/patches/): mmengine's checkpoint loaders,
+    torch's safe globals, mmcv's NMS kernel; and the SIGTERM/SIGINT handlers. ``pristine`` is taken
+    when the test session starts, before any test ran pisa-train in this process."""
+
+    def __init__(self):
+        import torch
+        mmcv_nms = importlib.import_module("mmcv.ops.nms")
+        from mmengine.runner.checkpoint import CheckpointLoader
+
+        self.environ = dict(os.environ)
+        self.cwd = os.getcwd()
+        self.checkpoint_schemes = dict(CheckpointLoader._schemes)
+        self.safe_globals = list(torch.serialization.get_safe_globals())
+        self.nms_kernels = mmcv_nms.ext_module
+        self.signal_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        import torch
+        mmcv_nms = importlib.import_module("mmcv.ops.nms")
+        from mmengine.runner.checkpoint import CheckpointLoader
+
+        from pisa_train.engine.patches import checkpoint_downloads, checkpoint_loading
+
+        os.environ.clear()
+        os.environ.update(self.environ)
+        os.chdir(self.cwd)
+        CheckpointLoader._schemes.clear()
+        CheckpointLoader._schemes.update(self.checkpoint_schemes)
+        # The patches apply themselves once per process; the next test's run applies them again.
+        checkpoint_loading._guarded = checkpoint_loading._registered = checkpoint_downloads._registered = False
+        checkpoint_loading._trusted_files.clear()
+        # Less those pisa-train allows; torch's own, which its modules add as they are imported, stay.
+        ours = checkpoint_loading.mmengine_checkpoint_globals()
+        kept = [entry for entry in torch.serialization.get_safe_globals() if entry not in ours]
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(kept + [entry for entry in self.safe_globals if entry not in kept])
+        mmcv_nms.ext_module = self.nms_kernels
+        for signum, handler in self.signal_handlers.items():
+            signal.signal(signum, handler)
+
+
+@pytest.fixture(scope="session")
+def pristine_process_state() -> ProcessState:
+    return ProcessState()
+
+
+@pytest.fixture(autouse=True)
+def each_test_in_its_own_folder_and_a_pristine_process(pristine_process_state, tmp_path):
+    """Every test starts in its tmp_path (a regression cannot write data/ or work_dirs/ into the
+    repository) and leaves the process as the session found it."""
+    os.chdir(tmp_path)
+    yield
+    pristine_process_state.restore()
 
 
 def run_command(module: str, args: list[str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ test_cli.py, test_config_options.py, test_error_reporting.py and test_interrupte
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,10 @@ def test_corrupt_annotation_json(dataset_copy, tmp_path):
     annotations.write_text(annotations.read_text()[:200])
     code, err = run("train", tiny_demo(tmp_path / "work", 1), tmp_path)
     assert code == exit_codes.DATA_ERROR
-    assert one_line(err).startswith("pisa-train: error: annotation file data/demo_shapes/annotations/train.json "
-                                    "is not valid JSON (")
+    line = one_line(err)
+    assert line.startswith("pisa-train: error: annotation file data/demo_shapes/annotations/train.json is not valid "
+                           "JSON (") and line.endswith("); it is truncated or corrupt: download or export it again"), line
+    assert re.search(r"JSON \(.+ at line \d+ column \d+\); it is", line), line  # where json found the fault
 
 
 def test_missing_image(dataset_copy, tmp_path):
@@ -60,9 +63,9 @@ def test_missing_image(dataset_copy, tmp_path):
         image.unlink()
     code, err = run("train", tiny_demo(tmp_path / "work", 1), tmp_path)
     assert code == exit_codes.DATA_ERROR
-    line = one_line(err)
-    assert line.startswith("pisa-train: error: image data/demo_shapes/train/") and \
-        "not found, but the annotation file lists it" in line
+    assert re.fullmatch(r"pisa-train: error: image data/demo_shapes/train/\d+\.jpg " + re.escape(
+        "not found, but the annotation file lists it; copy the image there, or check the config's data_root and "
+        "data_prefix.img (data/demo_shapes/train/)"), one_line(err)), err
 
 
 def test_corrupt_image(dataset_copy, tmp_path):
@@ -70,9 +73,9 @@ def test_corrupt_image(dataset_copy, tmp_path):
         image.write_bytes(b"not a jpeg")
     code, err = run("train", tiny_demo(tmp_path / "work", 1), tmp_path)
     assert code == exit_codes.DATA_ERROR
-    line = one_line(err)
-    assert line.startswith("pisa-train: error: image data/demo_shapes/train/") and \
-        "cannot be decoded: it is corrupt or not an image" in line
+    assert re.fullmatch(r"pisa-train: error: image data/demo_shapes/train/\d+\.jpg " + re.escape(
+        "cannot be decoded: it is corrupt or not an image; replace it, or remove it from the annotation file"),
+        one_line(err)), err
 
 
 def test_corrupt_checkpoint(trained, tmp_path):
@@ -81,8 +84,10 @@ def test_corrupt_checkpoint(trained, tmp_path):
     broken.write_bytes(data[: len(data) // 3])
     code, err = run("evaluate", tiny_eval(broken, tmp_path / "work"), trained)
     assert code == exit_codes.CHECKPOINT_ERROR
-    assert one_line(err).startswith(f"pisa-eval: error: checkpoint {broken} cannot be read; it is truncated or "
-                                    f"corrupt (")
+    line = one_line(err)
+    assert line.startswith(f"pisa-eval: error: checkpoint {broken} cannot be read; it is truncated or corrupt "
+                           f"(PytorchStreamReader failed reading zip archive: "), line
+    assert line.endswith("); use an earlier checkpoint, or --resume alone, which skips unreadable checkpoints"), line
 
 
 def test_checkpoint_for_another_number_of_classes(trained, tmp_path):

@@ -82,7 +82,7 @@ def test_an_unsafe_checkpoint_stops_the_search(tmp_path):
 def test_a_checkpoint_without_training_state_is_skipped(tmp_path):
     (tmp_path / "iter_1.pth").write_bytes(b"x")
     lines = []
-    assert choose_resume_checkpoint([str(tmp_path / "iter_1.pth")] * 0, lambda p: {}, lines.append) is None
+    assert choose_resume_checkpoint([], lambda p: {}, lines.append) is None  # nothing to resume from: start over
     with pytest.raises(CheckpointError):
         choose_resume_checkpoint([str(tmp_path / "iter_1.pth")], lambda p: {"state_dict": {}}, lines.append)
     assert lines == [f"skipping checkpoint {tmp_path / 'iter_1.pth'}: it has no training state "

@@ -73,11 +73,9 @@ def test_real_roboflow_export_config_has_one_class_and_no_validation(config):
     assert config.val_dataloader is not None
 
 
-def test_against_the_project_pisa_config_when_present():
+def test_against_the_project_pisa_config():
     from pathlib import Path
     path = Path(__file__).resolve().parents[1] / "configs" / "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
-    if not path.exists():
-        pytest.skip("configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py not written yet")
     cfg, notes = apply_dataset_folder(Config.fromfile(str(path)), resolve_dataset(ROBOFLOW_FIXTURE))
     assert cfg.model.roi_head.bbox_head.num_classes == 1
     assert cfg.train_dataloader.dataset.metainfo.classes == ("shuttlecock",)
@@ -155,6 +153,17 @@ def test_single_annotation_file_beside_images_is_the_train_split(tmp_path):
 def test_dataset_wrapped_in_one_folder_is_found(tmp_path):
     make_roboflow(tmp_path / "outer" / "my-dataset-v2")
     assert find_layout(tmp_path / "outer").data_root == (tmp_path / "outer" / "my-dataset-v2").resolve()
+
+
+def test_a_dataset_wrapped_in_one_folder_keeps_the_reason_its_layout_is_refused(tmp_path):
+    dataset = tmp_path / "outer" / "my-dataset"
+    (dataset / "images").mkdir(parents=True)
+    for name in ("a.json", "b.json"):
+        (dataset / name).write_text("{}")
+    with pytest.raises(DataError) as refused:
+        find_layout(tmp_path / "outer")
+    assert str(refused.value) == (f"{dataset} has annotation files a.json, b.json beside images/ but their names do "
+                                  f"not say which is train, val or test; rename them (e.g. train.json, val.json)")
 
 
 def test_unrecognised_folder_lists_the_layouts(tmp_path):

@@ -305,6 +305,34 @@ def test_two_processes_on_cpu_train_checkpoint_once_and_resume(tmp_path):
     assert (work_dir / "last_checkpoint").read_text().strip().endswith("iter_3.pth")
 
 
+@pytest.mark.slow
+def test_when_one_of_two_processes_diverges_both_stop_at_that_iteration_with_exit_8(tmp_path):
+    """A NaN loss on rank 1 only (injected, see tests/fault_injection/sitecustomize.py): rank 0's loss is
+    finite, yet both stop after that iteration (else rank 0 would wait forever in the next all-reduce),
+    both name rank 1's term, and the last good checkpoint stays the newest."""
+    import subprocess
+    import sys
+
+    from test_interrupted_training import FAULT_INJECTION, saved_iterations
+    from tiny_training import tiny_demo
+
+    work_dir = tmp_path / "work"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PISA_TEST_NAN_LOSS_AT_ITER="3", PISA_TEST_NAN_LOSS_RANK="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(FAULT_INJECTION), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-m", "pisa_train.cli.train", *tiny_demo(work_dir, 6, "--nproc", "2")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 8, log[-5000:]
+    expected = (f"pisa-train: error: iteration 3: on rank 1 of 2, loss term 'loss_cls' is nan, 'loss' is nan; "
+                f"training stopped, and this step was not saved: the last good checkpoint is {work_dir / 'iter_2.pth'}")
+    assert [line.startswith(expected) for line in result.stderr.splitlines()
+            if line.startswith("pisa-train: error:")] == [True, True], log[-5000:]  # one line from each process
+    assert "Iter(train) [2/6]" in log and "Iter(train) [4/6]" not in log
+    for rank in (0, 1):
+        assert re.search(rf"rank {rank}/2 iter 2: loss: \d+\.\d+", log) and f"rank {rank}/2 iter 4:" not in log
+    assert saved_iterations(work_dir) == {"iter_1.pth": 1, "iter_2.pth": 2}
+
+
 def assert_rank_0_alone_wrote_the_work_dir(work_dir):
     """One set of checkpoints and one run record and report (rank 0 writes them), no temporary files."""
     import json

@@ -66,9 +66,17 @@ def test_pisa_plot_writes_a_png_of_the_work_dir(tmp_path, capsys):
 
 def test_pisa_plot_on_a_folder_without_logs_says_what_it_needs(tmp_path, capsys):
     assert plot_cli.main([str(tmp_path)]) == exit_codes.DATA_ERROR
-    assert "holds no training logs" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"pisa-plot: error: {tmp_path} holds no training logs (no */vis_data/scalars.json with loss values); give the "
+        f"work dir of a pisa-train run that logged at least one iteration (default_hooks.logger.interval sets how "
+        f"often it logs)\n")
     assert plot_cli.main([str(tmp_path / "absent")]) == exit_codes.DATA_ERROR
+    assert capsys.readouterr().err == (
+        f"pisa-plot: error: work dir {tmp_path / 'absent'} not found; give the folder pisa-train wrote its checkpoints "
+        f"and logs to (work_dirs/<config name> by default)\n")
     assert plot_cli.main([str(tmp_path), "--out", "x.jpg"]) == exit_codes.USAGE_ERROR
+    assert capsys.readouterr().err == ("pisa-plot: error: --out x.jpg: the curves are written as PNG; give a file name "
+                                       "ending in .png\n")
 
 
 def demo_config():
@@ -119,7 +127,10 @@ def test_tensorboard_without_the_package_is_an_environment_problem(monkeypatch, 
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
     assert train_cli.main([str(DEMO_CONFIG), "--device", "cpu", "--tensorboard"]) == exit_codes.ENVIRONMENT_ERROR
-    assert "pip install tensorboard" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "pisa-train: error: --tensorboard needs the tensorboard package, which is not installed in this environment; "
+        "install it with `.venv/bin/pip install tensorboard` (or leave out --tensorboard: the curves are drawn into "
+        "the work dir anyway, see pisa-plot)\n")
 
 
 def test_infer_refuses_missing_images_and_bad_thresholds(tmp_path, capsys):
@@ -129,12 +140,15 @@ def test_infer_refuses_missing_images_and_bad_thresholds(tmp_path, capsys):
     checkpoint.write_bytes(b"")
     assert infer_cli.main([str(DEMO_CONFIG), str(checkpoint), str(tmp_path / "nope.jpg"), "--out", str(tmp_path),
                            "--device", "cpu"]) == exit_codes.DATA_ERROR
-    assert "nope.jpg not found" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"pisa-infer: error: image or folder {tmp_path / 'nope.jpg'} not found; give "
+                                       f"image files or folders of images\n")
     assert infer_cli.main([str(DEMO_CONFIG), str(checkpoint), str(tmp_path), "--out", str(tmp_path),
                            "--score-thr", "1.5"]) == exit_codes.USAGE_ERROR
+    assert capsys.readouterr().err == "pisa-infer: error: --score-thr must be between 0 and 1, not 1.5\n"
     assert infer_cli.main([str(DEMO_CONFIG), str(checkpoint), str(tmp_path), "--out", str(tmp_path),
                            "--device", "cpu"]) == exit_codes.DATA_ERROR  # a folder without images
-    assert "holds no images" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"pisa-infer: error: folder {tmp_path} holds no images (.jpg, .jpeg, .png, "
+                                       f".bmp, .tif, .tiff, .webp); give image files or a folder of images\n")
 
 
 @pytest.mark.slow
@@ -151,8 +165,10 @@ def test_infer_loads_checkpoints_weights_only_and_runs_no_code_from_them(tmp_pat
     Image.new("RGB", (64, 64), (90, 120, 30)).save(image)
     result = run_cli("infer", [DEMO_CONFIG, evil, image, "--out", tmp_path / "out", "--device", "cpu"], cwd=tmp_path)
     assert result.returncode == exit_codes.CHECKPOINT_ERROR, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"pisa-infer: error: checkpoint {evil} was refused: it pickles posix.system")
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pisa-infer: error: checkpoint {evil} was refused: it pickles posix.system, which is not among the weights "
+        f"and mmengine training state that pisa-train loads, and unpickling it could run arbitrary code; if you trust "
+        f"where this file came from, load it anyway with --trust-checkpoint {evil}")
     assert not marker.exists()
 
 

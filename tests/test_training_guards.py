@@ -104,7 +104,10 @@ def test_nonfinite_terms_names_the_terms_before_the_total():
                 "loss_bbox": torch.tensor(float("inf")), "acc": torch.tensor(float("nan"))}
     bad = nonfinite_terms(log_vars)
     assert [name for name, _ in bad] == ["loss_bbox", "loss"]
-    assert describe_nonfinite(7, bad) == "iteration 7: loss term 'loss_bbox' is inf, 'loss' is inf"
+    assert describe_nonfinite(7, {0: bad}) == "iteration 7: loss term 'loss_bbox' is inf, 'loss' is inf"
+    assert describe_nonfinite(7, {1: bad, 3: [("loss_cls", float("nan"))]}, world_size=4) == (
+        "iteration 7: on rank 1 of 4, loss term 'loss_bbox' is inf, 'loss' is inf; "
+        "on rank 3 of 4, loss term 'loss_cls' is nan")
 
 
 def test_upstream_train_step_updates_through_the_instances_update_params():
@@ -140,3 +143,57 @@ def test_a_skipped_step_leaves_the_weights_and_a_finite_one_updates_them():
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     model.train_step(data, optim_wrapper)  # call 2: finite
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# A parent process that reads from a DataLoader with one worker, which the test (not the parent)
+# sends a SIGTERM to after the first batch, as a scheduler signals every process of a job.
+DATALOADER_UNDER_SIGTERM = """
+import os, sys, time
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+if sys.argv[1] == "patched":
+    from pisa_train.engine.patches.dataloader_worker_signals import keep_dataloader_workers_through_stop_signals
+    keep_dataloader_workers_through_stop_signals()
+
+class Slow(Dataset):
+    def __len__(self):
+        return 8
+    def __getitem__(self, index):
+        time.sleep(0.3)
+        return torch.tensor([index])
+
+batches = iter(DataLoader(Slow(), batch_size=1, num_workers=1, prefetch_factor=1))
+for batch in batches:
+    if batch.item() == 0:
+        print("worker", batches._workers[0].pid, flush=True)
+        sys.stdin.readline()  # the test has sent its SIGTERM
+print("read every batch", flush=True)
+"""
+
+
+def _read_through_a_sigterm_to_the_worker(mode: str):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", DATALOADER_UNDER_SIGTERM, mode], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline().split()[1])
+    os.kill(worker, signal.SIGTERM)
+    out, err = proc.communicate("go\n", timeout=60)
+    return proc.returncode, out, err
+
+
+def test_upstream_dataloader_workers_die_of_a_sigterm_from_outside():
+    """Guard of engine/patches/dataloader_worker_signals.py: torch's worker dies of a SIGTERM that its
+    parent did not send, and the parent's next batch fails. If this fails, torch's workers survive it
+    now and the patch can go."""
+    code, out, err = _read_through_a_sigterm_to_the_worker("upstream")
+    assert code != 0 and "read every batch" not in out
+    assert "DataLoader worker (pid(s)" in err and "exited unexpectedly" in err, err[-2000:]
+
+
+def test_patched_dataloader_workers_keep_working_through_a_sigterm_from_outside_and_the_run_ends():
+    code, out, err = _read_through_a_sigterm_to_the_worker("patched")
+    assert (code, out.splitlines()[-1]) == (0, "read every batch"), err[-2000:]

@@ -149,9 +149,14 @@ def find_layout(path: str | Path) -> FolderLayout:
     if len(subfolders) == 1:
         try:
             return find_layout(subfolders[0])
-        except DataError:
-            pass
-    raise DataError(f"no COCO-format dataset recognised in {folder}: expected {_EXPECTED_LAYOUTS}")
+        except NoLayoutRecognised:
+            pass  # said below, of the folder the user named
+    raise NoLayoutRecognised(f"no COCO-format dataset recognised in {folder}: expected {_EXPECTED_LAYOUTS}")
+
+
+class NoLayoutRecognised(DataError):
+    """No layout's file names are in the folder (as against a layout found with something wrong in it,
+    whose own message says what)."""
 
 
 def resolve_dataset(path: str | Path) -> DatasetLayout:

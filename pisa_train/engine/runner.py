@@ -119,6 +119,7 @@ def install_into_mmengine(cfg, trusted_checkpoints=(), say: Say = print) -> None
     from pisa_train.engine.patches.amp_on_cpu import allow_amp_optim_wrapper_on_cpu
     from pisa_train.engine.patches.batched_nms_dtypes import fix_batched_nms_dtype_clash
     from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading
+    from pisa_train.engine.patches.dataloader_worker_signals import keep_dataloader_workers_through_stop_signals
     from pisa_train.engine.patches.distributed_on_cpu import init_process_group_on_cpu, register_cpu_model_wrapper
     from pisa_train.engine.patches.mmcv_ops_in_float32 import run_mmcv_ops_in_float32_under_autocast
     from pisa_train.engine.patches.torchvision_nms import install_ops_backend
@@ -132,6 +133,8 @@ def install_into_mmengine(cfg, trusted_checkpoints=(), say: Say = print) -> None
     run_mmcv_ops_in_float32_under_autocast()
     fix_batched_nms_dtype_clash()
     init_process_group_on_cpu(cfg)  # before the Runner: mmengine 0.10.7's own init needs a GPU
+    # Before the Runner too: an iteration-based train loop forks its dataloader workers when it is built.
+    keep_dataloader_workers_through_stop_signals()
 
 
 def build_runner(cfg, trusted_checkpoints=(), say: Say = print):

@@ -84,11 +84,20 @@ def outdated_checkpoints(names: list[str], filename_tmpl: str, kept: list[int]) 
     return sorted(name for name in names if (match := pattern.match(name)) and int(match.group(1)) < min(kept))
 
 
-def save_failure_message(path: str, error: OSError, work_dir: str) -> str:
+def _why(error: OSError) -> str:
     reason = error.strerror or (os.strerror(error.errno) if error.errno else str(error))
-    why = f"the disk is full ({reason})" if error.errno in (errno.ENOSPC, errno.EDQUOT) else reason
-    return (f"could not save checkpoint {path}: {why}; the earlier checkpoints in "
+    return f"the disk is full ({reason})" if error.errno in (errno.ENOSPC, errno.EDQUOT) else reason
+
+
+def save_failure_message(path: str, error: OSError, work_dir: str) -> str:
+    return (f"could not save checkpoint {path}: {_why(error)}; the earlier checkpoints in "
             f"{work_dir} are intact; free some space (or fix the folder), then continue with --resume")
+
+
+def pointer_failure_message(path: str, pointer: str, error: OSError, work_dir: str) -> str:
+    return (f"saved checkpoint {path}, but could not update {pointer}: {_why(error)}; the checkpoints in "
+            f"{work_dir} are intact; free some space (or fix the folder), then continue with --resume, which "
+            f"takes the newest checkpoint that loads")
 
 
 class AtomicCheckpointHook(CheckpointHook):
@@ -158,9 +167,13 @@ class AtomicCheckpointHook(CheckpointHook):
 
         try:
             publish_atomically(path, write)
-            write_text_atomically(osp.join(runner.work_dir, "last_checkpoint"), path)
         except OSError as error:
             raise CheckpointSaveError(save_failure_message(path, error, self.out_dir)) from error
+        pointer = osp.join(runner.work_dir, "last_checkpoint")
+        try:
+            write_text_atomically(pointer, path)
+        except OSError as error:
+            raise CheckpointSaveError(pointer_failure_message(path, pointer, error, self.out_dir)) from error
         self._last_size = osp.getsize(path)
         return path
 

@@ -7,9 +7,11 @@ turns the first SIGTERM or SIGINT into a request: the current iteration
 finishes, a checkpoint is saved (by ``AtomicCheckpointHook``) and the command
 exits with ``exit_codes.STOPPED_AND_SAVED``; ``--resume`` continues from there.
 A second signal stops at once (exit code 130). The handlers are installed in
-``before_train``, before the dataloader forks its workers: forked workers
-inherit them, so a Ctrl-C sent to the whole process group does not kill the
-workers under the main process while it finishes the iteration.
+``before_train``. Dataloader workers ignore both signals (a scheduler's SIGTERM
+and a terminal's Ctrl-C reach the whole process group, and a worker that died
+of it would take the training process down before it saved):
+engine/patches/dataloader_worker_signals.py, applied before the runner is built
+(an iteration-based loop forks its workers when it is built, before ``before_train``).
 
 MMEngine also trains on through a NaN or Inf loss (the parameters become NaN and
 every later checkpoint is worthless). ``NonFiniteLossHook`` checks each
@@ -56,25 +58,49 @@ def nonfinite_terms(log_vars: dict) -> list[tuple[str, float]]:
     return sorted(bad, key=lambda item: item[0] == "loss")
 
 
-def describe_nonfinite(iteration: int, bad: list[tuple[str, float]]) -> str:
-    named = ", ".join(f"'{name}' is {value}" for name, value in bad)
-    return f"iteration {iteration}: loss term {named}"
+def describe_nonfinite(iteration: int, bad_by_rank: dict[int, list[tuple[str, float]]], world_size: int = 1) -> str:
+    """``iteration 3: loss term 'loss_cls' is nan, 'loss' is nan``; in a distributed run, per rank:
+    ``iteration 3: on rank 1 of 2, loss term ...`` (each process names the ranks that diverged)."""
+    def named(bad):
+        return "loss term " + ", ".join(f"'{name}' is {value}" for name, value in bad)
+
+    if world_size == 1:
+        return f"iteration {iteration}: {named(next(iter(bad_by_rank.values())))}"
+    return f"iteration {iteration}: " + "; ".join(
+        f"on rank {rank} of {world_size}, {named(bad)}" for rank, bad in sorted(bad_by_rank.items()))
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _on_any_rank(flag: bool) -> bool:
     """Whether ``flag`` holds on any process: every rank must stop at the same iteration, or the
     others wait forever in the next all-reduce."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world_size() == 1:
         return flag
     import torch
+    import torch.distributed as dist
 
     from mmengine.dist import get_comm_device
 
     value = torch.tensor([int(flag)], device=get_comm_device(None))
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def nonfinite_by_rank(bad: list[tuple[str, float]]) -> dict[int, list[tuple[str, float]]]:
+    """Every process's non-finite loss terms, by rank, for the ranks that have some ({} when none
+    has); the same answer on every process, so that all stop (or skip) at the same iteration."""
+    if _world_size() == 1:
+        return {0: bad} if bad else {}
+    if not _on_any_rank(bool(bad)):
+        return {}
+    from mmengine.dist import all_gather_object  # only on the rare iteration that has a non-finite loss
+
+    return {rank: terms for rank, terms in enumerate(all_gather_object(bad)) if terms}
 
 
 class NonFiniteLossHook(Hook):
@@ -90,12 +116,11 @@ class NonFiniteLossHook(Hook):
             skip_nonfinite_updates(runner.optim_wrapper)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        bad = nonfinite_terms(outputs)
-        if not _on_any_rank(bool(bad)):
+        bad_by_rank = nonfinite_by_rank(nonfinite_terms(outputs))
+        if not bad_by_rank:
             self.skips_in_a_row = 0
             return
-        bad = bad or [("loss", float("nan"))]  # finite here, not on another process
-        what = describe_nonfinite(runner.iter + 1, bad)
+        what = describe_nonfinite(runner.iter + 1, bad_by_rank, _world_size())
         last = runner.message_hub.get_info("last_ckpt") or "none saved yet"
         if self.action == "skip":
             self.skips_in_a_row += 1

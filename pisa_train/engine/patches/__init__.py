@@ -17,7 +17,10 @@ changes that behaviour (the ``test_upstream_*`` / ``test_mmcv_*`` guard tests):
 * mmcv_ops_in_float32.py: mmcv's RoIAlign and NMS kernels in float32 under autocast.
 * batched_nms_dtypes.py: mmcv's batched_nms on mixed float32/float16 boxes and scores
   (open-mmlab/mmdetection#9727, the port of mmcv PR #3332).
-* rebinding.py: not a patch, the way the last two replace a function where mmdet looks it up.
+* dataloader_worker_signals.py: dataloader workers that ignore SIGTERM and SIGINT, which a scheduler
+  or a terminal sends to the whole process group, so that training can stop cleanly and save.
+* rebinding.py: not a patch, the way batched_nms_dtypes.py, mmcv_ops_in_float32.py and
+  dataloader_worker_signals.py replace a function where mmdet looks it up.
 
 Not here: hooks/atomic_checkpoint.py overrides a private method of mmengine's
 CheckpointHook, but in a subclass that only configs naming it use (its guard test
