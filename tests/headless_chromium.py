@@ -12,12 +12,12 @@ import pytest
 
 def chromium_driver():
     """Selenium's Chrome driver on Debian's chromium and chromedriver, headless; skip where they are missing."""
-    from selenium import webdriver  # a test dependency (pyproject.toml)
-
     chromium, chromedriver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
     if not chromium or not chromedriver:
         pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver; "
                     ".ci/run installs them where it can)")
+    # selenium is a test dependency (pyproject.toml): its absence is a broken set-up, not a reason to skip.
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import re
 import textwrap
 
 import numpy as np
@@ -266,13 +267,22 @@ def _classes(count, seed=1):
     return torch.randint(0, 5, (count,), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("scores_dtype", [torch.float16, torch.bfloat16])
-def test_upstream_batched_nms_still_clashes_on_mixed_dtypes(scores_dtype):
-    """open-mmlab/mmdetection#9727 on the CPU; when this fails, mmcv has PR #3332 and the patch can go."""
+@pytest.mark.parametrize("boxes_dtype, scores_dtype, clash", [
+    # open-mmlab/mmdetection#9727 itself: float32 boxes decoded from anchors, half-precision scores.
+    (torch.float32, torch.float16, "Index put requires the source and destination dtypes match, got Half for the "
+                                   "destination and Float for the source"),
+    (torch.float32, torch.bfloat16, "Index put requires the source and destination dtypes match, got BFloat16 for "
+                                    "the destination and Float for the source"),
+    # The other way round, it fails earlier, in mmcv's CPU kernel (the port passes both in float32).
+    (torch.float16, torch.float32, "expected scalar type Float but found Half"),
+    (torch.bfloat16, torch.float32, "expected scalar type Float but found BFloat16"),
+])
+def test_upstream_batched_nms_still_clashes_on_mixed_dtypes(boxes_dtype, scores_dtype, clash):
+    """The clash reproduced on the CPU; when this fails, mmcv has PR #3332 and the patch can go."""
     boxes, scores = _boxes(SPLIT)
-    with pytest.raises(RuntimeError, match="Index put requires the source and destination dtypes match, got "
-                                           "(Half|BFloat16) for the destination and Float for the source"):
-        upstream_of("mmcv.ops.nms", "batched_nms")(boxes, scores.to(scores_dtype), _classes(SPLIT), NMS_CFG)
+    with pytest.raises(RuntimeError, match=re.escape(clash)):
+        upstream_of("mmcv.ops.nms", "batched_nms")(boxes.to(boxes_dtype), scores.to(scores_dtype), _classes(SPLIT),
+                                                  NMS_CFG)
 
 
 @pytest.mark.parametrize("boxes_dtype, scores_dtype", [

@@ -54,7 +54,7 @@ def test_corrupt_annotation_json(dataset_copy, tmp_path):
     assert code == exit_codes.DATA_ERROR
     line = one_line(err)
     assert line.startswith("pisa-train: error: annotation file data/demo_shapes/annotations/train.json is not valid "
-                           "JSON (") and line.endswith("); it is truncated or corrupt: download or export it again"), line
+                           "JSON (") and line.endswith("); it is truncated or corrupt: download or export it again")
     assert re.search(r"JSON \(.+ at line \d+ column \d+\); it is", line), line  # where json found the fault
 
 

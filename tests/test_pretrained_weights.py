@@ -170,7 +170,10 @@ def test_a_file_whose_sha256_does_not_match_its_name_is_refused_not_cached_and_t
         f"{actual} does not match the expected {expected}); {weights.OPENMMLAB_DOWNLOADS}/p/{bad_name} (HTTP 404 "
         f"Not Found); {weights.ONEDL_ASSETS}/p/{bad_name} (cannot connect: [Errno 111] Connection refused); "
         f"download it where there is network (`pisa-data weights --only {weights.OPENMMLAB_DOWNLOADS}/p/{bad_name}`"
-        f", or set PISA_TRAIN_WEIGHT_MIRRORS to a mirror that has it) and put it at {hub / bad_name}")
+        f", or set PISA_TRAIN_WEIGHT_MIRRORS to a mirror that has it) and put it at {hub / bad_name}; a file whose "
+        f"SHA-256 does not start with {expected} is refused from any source: to use a copy you trust anyway, give its "
+        f"path instead of {weights.OPENMMLAB_DOWNLOADS}/p/{bad_name} (a local file is loaded weights-only, without "
+        f"the check of its name)")
 
 
 def test_a_cached_file_is_verified_before_first_use_and_replaced_when_wrong(hub, monkeypatch, openmmlab_host):

@@ -51,6 +51,22 @@ def test_an_unknown_key_is_refused_with_the_closest_real_one(capsys, key, expect
     assert captured.err.strip() == f"pisa-train: error: {expected}" and captured.out == ""
 
 
+def test_a_bare_resume_shows_the_checkpoint_the_run_would_continue_from(tmp_path, capsys):
+    import torch
+
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    for iteration in (1, 2):
+        torch.save({"meta": {"epoch": 0, "iter": iteration}, "state_dict": {}}, work_dir / f"iter_{iteration}.pth")
+    (work_dir / "iter_3.pth").write_bytes(b"cut short by a kill")
+    assert train_cli.main([str(DEMO_CONFIG), "--device", "cpu", "--work-dir", str(work_dir), "--resume",
+                           "--print-config", "load_from"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"load_from = '{work_dir / 'iter_2.pth'}'\n"
+    assert f"[pisa-train] resuming from {work_dir / 'iter_2.pth'}" in captured.err
+    assert f"[pisa-train] skipping checkpoint {work_dir / 'iter_3.pth'}: " in captured.err
+
+
 def test_nothing_is_trained_or_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the demo config generates data/demo_shapes/ and work_dirs/ here when it runs
     assert train_cli.main([str(DEMO_CONFIG), "--device", "cpu", "--print-config", "synthetic_dataset"]) == 0

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 MAKE_CHECKPOINT = textwrap.dedent("""
     import torch
     from mmengine.logging import MessageHub
@@ -162,3 +164,17 @@ def test_a_fresh_process_loads_history_buffer_statistics(tmp_path):
     """), tmp_path)
     assert result.returncode == 0, result.stderr
     assert "ITER 3" in result.stdout
+
+
+def test_bytes_that_are_no_checkpoint_are_corrupt_not_unsafe(tmp_path):
+    """A file that starts with 'c' reads as pickle's GLOBAL opcode, with its next bytes as the global's name:
+    that is not a checkpoint asking for code, it is no checkpoint at all."""
+    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
+    from pisa_train.errors import CheckpointError, UnsafeCheckpointError
+
+    junk = tmp_path / "iter_3.pth"
+    junk.write_bytes(b"cut short by a kill")
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint_file(junk)
+    assert not isinstance(raised.value, UnsafeCheckpointError)
+    assert str(raised.value).startswith(f"checkpoint {junk} cannot be read; it is truncated or corrupt (")

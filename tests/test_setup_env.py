@@ -357,3 +357,37 @@ def test_a_wheelhouse_from_one_clone_installs_another_offline_on_the_machines_to
                              cwd=second, env=env, capture_output=True, text=True, timeout=900)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     assert (tmp_path / "work" / "iter_2.pth").is_file()
+
+
+GPU_TORCH = {"torch": "2.11.0", "cuda": "13.0", "gpu": True, "capabilities": ["9.0"], "python": "cp312"}
+
+
+def test_a_gpu_without_nvcc_gets_cpu_ops_and_is_told_why(monkeypatch, tmp_path):
+    """A GPU machine whose torch has CUDA but no nvcc (a runtime-only CUDA): mmcv is built with CPU ops,
+    and the reason is what the set-up prints beside "--ops-backend auto runs torchvision's kernels"."""
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.delenv("PISA_MMCV_CUDA", raising=False)
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvcc on it
+    plan = setup_env.mmcv_build_plan(GPU_TORCH)
+    assert (plan["with_cuda"], plan["cpu_only_reason"], plan["nvcc"]) == (
+        False, "nvcc not found; set CUDA_HOME to build the CUDA ops", None)
+    assert "_cpu_cp312_" in plan["key"]
+
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("#!/bin/sh\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda"))
+    plan = setup_env.mmcv_build_plan(GPU_TORCH)
+    assert (plan["with_cuda"], plan["arch_list"], plan["nvcc"]) == (True, "9.0", str(nvcc))
+    assert "_cu130-sm90_cp312_" in plan["key"]  # a wheel of its own in the cache, beside the CPU one
+
+
+def test_the_build_uses_max_jobs_else_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setenv("MAX_JOBS", "3")
+    assert setup_env.compile_jobs() == "3"
+    monkeypatch.delenv("MAX_JOBS")
+    monkeypatch.setattr(setup_env.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11})
+    assert setup_env.compile_jobs() == "12"  # a cluster job's share of the node, not os.cpu_count()

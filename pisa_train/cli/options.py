@@ -12,7 +12,8 @@ def add_config_overrides(parser: argparse.ArgumentParser, with_data: bool = True
     if with_data:
         parser.add_argument("--data", metavar="DIR",
                             help="a COCO-format dataset folder (Roboflow export, COCO 2017 layout, or annotations "
-                                 "beside images/): sets the data paths, classes and num_classes of the config")
+                                 "beside images/; images also found in a split's images/ subfolder): sets the data "
+                                 "paths, classes and num_classes of the config")
     parser.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
                         help="override config settings, e.g. model.roi_head.bbox_head.num_classes=3 "
                              "train_dataloader.batch_size=4 (values parsed as mmengine's DictAction does); "

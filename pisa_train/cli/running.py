@@ -15,8 +15,10 @@ def print_config(prog: str, args: argparse.Namespace, build: Callable) -> int:
     get; it is printed in MMEngine's Python format (what --data resolved goes to stderr)."""
     from pisa_train.config.show import render_config
     from pisa_train.engine.device import choose_device
+    from pisa_train.engine.runner import resolve_resume
 
     cfg, notes = build(args, choose_device(args.device))
+    cfg = resolve_resume(cfg, getattr(args, "trust_checkpoint", None) or (), notes.append)
     for line in notes:
         print(f"[{prog}] {line}", file=sys.stderr, flush=True)
     print(render_config(cfg, args.print_config), end="", flush=True)

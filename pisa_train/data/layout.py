@@ -36,9 +36,9 @@ ROBOFLOW_ANNOTATIONS = "_annotations.coco.json"
 _ROBOFLOW_FOLDERS = (("train", "train"), ("valid", "val"), ("val", "val"), ("test", "test"))
 _COCO_STYLE_ANNOTATION = re.compile(r"^instances_(train|val|test)(\w*)\.json$")
 _SPLIT_WORDS = (("train", "train"), ("val", "val"), ("test", "test"))
-_EXPECTED_LAYOUTS = ("train/_annotations.coco.json (Roboflow), annotations/instances_train2017.json with "
-                     "train2017/ (COCO 2017) or annotations/train.json with train/, or an annotation .json "
-                     "beside an images/ folder")
+_EXPECTED_LAYOUTS = ("train/_annotations.coco.json (Roboflow; the images beside it or in train/images/), "
+                     "annotations/instances_train2017.json with train2017/ (COCO 2017) or annotations/train.json "
+                     "with train/, or an annotation .json beside an images/ folder")
 
 
 @dataclass(frozen=True)

@@ -162,12 +162,18 @@ def fetch_checkpoints(cfg, only_load_from: bool = False) -> None:
             fetch_checkpoint(reference, setting=setting)
 
 
-def run_training(cfg, trusted_checkpoints=(), say: Say = print) -> None:
+def resolve_resume(cfg, trusted_checkpoints=(), say: Say = print):
+    """For a bare --resume, ``load_from`` set to the checkpoint the run continues from (engine/resume.py),
+    as the run hands it to MMEngine and --print-config shows it."""
     from pisa_train.engine.patches.checkpoint_loading import trust_checkpoints
     from pisa_train.engine.resume import resolve_auto_resume
 
     trust_checkpoints(trusted_checkpoints)  # before resolve_auto_resume loads any of them
-    cfg = resolve_auto_resume(cfg, say)
+    return resolve_auto_resume(cfg, say)
+
+
+def run_training(cfg, trusted_checkpoints=(), say: Say = print) -> None:
+    cfg = resolve_resume(cfg, trusted_checkpoints, say)
     fetch_checkpoints(cfg)
     runner = build_runner(cfg, trusted_checkpoints, say)
     try:

@@ -77,7 +77,8 @@ def unsafe_reason(entry: ArchiveEntry) -> str | None:
     if ".." in _split_parts(entry.name):
         return f"{entry.name!r} points outside the destination with '..'"
     if entry.kind in ("symlink", "hardlink"):
-        return f"{entry.name!r} is a {'symbolic' if entry.kind == 'symlink' else 'hard'} link (to {entry.link_target!r})"
+        kind = "symbolic" if entry.kind == "symlink" else "hard"
+        return f"{entry.name!r} is a {kind} link (to {entry.link_target!r})"
     if entry.kind not in ("file", "dir"):
         return f"{entry.name!r} is a {entry.kind}, not a file"
     return None

@@ -218,6 +218,11 @@ def unavailable_error(reference: str, target: Path, attempts: list[_Attempt], se
     message = (f"cannot get checkpoint {target.name}{known_as}, tried: {tried}; download it where there is network "
                f"(`pisa-data weights --only {name}`, or set {WEIGHT_MIRRORS_ENV} to a mirror that has it) and put "
                f"it at {target}")
+    if any("does not match the expected" in attempt.reason for attempt in attempts):
+        # The name's hash is the check, so no copy of other bytes passes it; a local path is loaded as it is.
+        message += (f"; a file whose SHA-256 does not start with {sha256_prefix(target.name)} is refused from any "
+                    f"source: to use a copy you trust anyway, give its path instead of {reference} (a local file is "
+                    f"loaded weights-only, without the check of its name)")
     backbone_init = setting if setting and setting.endswith("init_cfg.checkpoint") else \
         "model.backbone.init_cfg.checkpoint" if setting is None and reference.startswith(NAME_SCHEMES) else None
     if backbone_init:

@@ -25,7 +25,7 @@ its modules' namespaces (rpn_head.py, base_dense_head.py, layers/bbox_nms.py, ..
 
 Guard test: tests/test_amp.py::test_upstream_batched_nms_still_clashes_on_mixed_dtypes
 fails once upstream's batched_nms accepts mixed dtypes (then this module can go);
-tests/test_amp.py::test_batched_nms_with_mixed_dtypes_gives_what_mmcv_pr_3332_gives
+tests/test_amp.py::test_batched_nms_on_mixed_dtypes_gives_what_mmcv_pr_3332_gives
 compares the port with PR #3332's line applied to mmcv's own source.
 """
 from __future__ import annotations

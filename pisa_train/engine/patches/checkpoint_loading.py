@@ -137,7 +137,8 @@ def load_checkpoint_file(filename, map_location=None):
     except pickle.UnpicklingError as error:
         unsafe = [] if trusted else _unsafe_globals(path)
         refusal = _weights_unpickler_reason(error)
-        if not unsafe and not trusted and refusal and ("Unsupported global" in refusal or "getattr" in refusal):
+        if not unsafe and not trusted and refusal and ("Unsupported global" in refusal or "getattr" in refusal) \
+                and not _garbage_global(refusal):
             unsafe = [refusal]
         if unsafe:
             raise UnsafeCheckpointError(
@@ -157,6 +158,15 @@ def _weights_unpickler_reason(error: Exception) -> str | None:
         return None
     rest = [line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()]
     return rest[0] if rest else None
+
+
+def _garbage_global(refusal: str) -> bool:
+    """Whether the global torch refused is no importable name at all: bytes that are not a checkpoint
+    (a file that starts with 'c', pickle's GLOBAL opcode, reads as one), so corrupt, not unsafe."""
+    import re
+
+    named = re.search(r"Unsupported global: GLOBAL (.+?) was not an allowed global", refusal)
+    return bool(named) and re.fullmatch(r"[A-Za-z_][\w.]*", named.group(1)) is None
 
 
 def _corrupt_message(filename, error: Exception) -> str:
