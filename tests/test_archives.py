@@ -94,6 +94,18 @@ def _assert_refused_as_hostile(error: pytest.ExceptionInfo, archive, dest, what:
     assert "\n" not in message
 
 
+def _assert_refused_whole(workspace, archive, what: str) -> str:
+    """Extracting ``archive`` is refused as hostile, naming ``what``, and writes nothing anywhere."""
+    dest = workspace / "area" / "data"
+    before = _everything_under(workspace)
+    with pytest.raises(DataError) as error:
+        extract_archive(archive, dest, output=io.StringIO())
+    _assert_refused_as_hostile(error, archive, dest, what)
+    _assert_nothing_written(workspace, before)
+    assert not dest.exists()
+    return str(error.value)
+
+
 HOSTILE_ZIPS = {
     "dotdot": ({"train/ok.jpg": b"x", "../evil": b"pwned"}, None, None,
                "'../evil' points outside the destination with '..'"),
@@ -114,26 +126,14 @@ HOSTILE_ZIPS = {
 @pytest.mark.parametrize("case", sorted(HOSTILE_ZIPS))
 def test_hostile_zip_is_refused_and_nothing_is_written(workspace, case):
     members, symlinks, modes, what = HOSTILE_ZIPS[case]
-    archive = _zip(workspace / "downloads" / "bad.zip", members, symlinks, modes)
-    dest = workspace / "area" / "data"
-    before = _everything_under(workspace)
-    with pytest.raises(DataError) as error:
-        extract_archive(archive, dest, output=io.StringIO())
-    _assert_refused_as_hostile(error, archive, dest, what)
-    _assert_nothing_written(workspace, before)
-    assert not dest.exists()
+    _assert_refused_whole(workspace, _zip(workspace / "downloads" / "bad.zip", members, symlinks, modes), what)
 
 
 def test_a_zip_whose_links_chain_out_of_the_destination_writes_nothing_anywhere(workspace):
-    archive = zip_with_a_link_chain(workspace / "downloads" / "chain.zip")
-    dest = workspace / "area" / "data"
-    before = _everything_under(workspace)
-    with pytest.raises(DataError) as error:
-        extract_archive(archive, dest, output=io.StringIO())
-    _assert_refused_as_hostile(error, archive, dest, "'a' is a symbolic link (to '.'); 'a/b' is a symbolic link "
-                               "(to '..'); 'a/b/c' is a symbolic link (to '..'); and 1 more")
-    assert "4 of its entries" in str(error.value)
-    _assert_nothing_written(workspace, before)
+    message = _assert_refused_whole(workspace, zip_with_a_link_chain(workspace / "downloads" / "chain.zip"),
+                                    "'a' is a symbolic link (to '.'); 'a/b' is a symbolic link (to '..'); 'a/b/c' is "
+                                    "a symbolic link (to '..'); and 1 more")
+    assert "4 of its entries" in message
     assert not (workspace.parent / "x").exists()
 
 
@@ -156,13 +156,8 @@ HOSTILE_TARS = {
 @pytest.mark.parametrize("case", sorted(HOSTILE_TARS))
 def test_hostile_tar_is_refused_and_nothing_is_written(workspace, case):
     members, symlinks, hardlinks, types, what = HOSTILE_TARS[case]
-    archive = _tar(workspace / "downloads" / "bad.tar.gz", members, symlinks, hardlinks, types)
-    dest = workspace / "area" / "data"
-    before = _everything_under(workspace)
-    with pytest.raises(DataError) as error:
-        extract_archive(archive, dest, output=io.StringIO())
-    _assert_refused_as_hostile(error, archive, dest, what)
-    _assert_nothing_written(workspace, before)
+    _assert_refused_whole(workspace, _tar(workspace / "downloads" / "bad.tar.gz", members, symlinks, hardlinks, types),
+                          what)
 
 
 def test_tar_archives_need_the_data_filter_and_a_python_without_it_is_told_which_have_it(workspace, monkeypatch):
