@@ -131,3 +131,38 @@ def test_plots_are_written(tmp_path):
     path = plot_error_breakdown(error_breakdown(ground_truth, detections, classes), tmp_path / "breakdown.png")
     with Image.open(path) as image:
         assert image.size == (700, 500)
+
+
+def _strong_changes(drawn, original, box) -> tuple[int, int]:
+    """Pixels of ``drawn`` far from ``original`` (a box line or label, not JPEG noise): around ``box``, and in all."""
+    changed = np.abs(drawn - original).max(axis=2) > 60
+    x, y, w, h = box
+    return int(changed[max(0, y - 3):y + h + 3, max(0, x - 3):x + w + 3].sum()), int(changed.sum())
+
+
+def test_a_worst_image_shows_the_ground_truth_left_and_the_predictions_right(tmp_path):
+    from PIL import Image
+
+    from pisa_train.results.evaluation_analysis import draw_images
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(tmp_path / "images" / "a.jpg")
+    truth_box, predicted_box = [10, 10, 40, 40], [70, 70, 40, 40]  # apart: each side's lines are its own
+    ground_truth = {"images": [{"id": 1, "file_name": "a.jpg", "width": 128, "height": 128}],
+                    "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}],
+                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": truth_box, "area": 1600,
+                                     "iscrowd": 0}]}
+    detections = [{"image_id": 1, "category_id": 2, "bbox": predicted_box, "score": 0.9},
+                  {"image_id": 1, "category_id": 1, "bbox": [60, 5, 30, 30], "score": 0.1}]  # below --score-thr
+    written = draw_images([{"image_id": 1, "file_name": "a.jpg"}], ground_truth, detections, ["circle", "square"],
+                          tmp_path / "images", tmp_path / "out" / "worst_images", score_thr=0.3)
+    assert written == ["worst_images/01_a.jpg"]
+    drawn = np.asarray(Image.open(tmp_path / "out" / written[0]).convert("RGB")).astype(int)
+    original = np.asarray(Image.open(tmp_path / "images" / "a.jpg").convert("RGB")).astype(int)
+    assert drawn.shape == (128, 256, 3)
+    left, right = drawn[:, :128], drawn[:, 128:]
+    around_truth, everywhere = _strong_changes(left, original, truth_box)
+    assert around_truth > 100 and around_truth == everywhere  # the ground truth's box, and nothing else
+    around_prediction, everywhere = _strong_changes(right, original, predicted_box)
+    assert around_prediction > 100 and _strong_changes(right, original, truth_box)[0] == 0
+    assert _strong_changes(right, original, [60, 5, 30, 30])[0] <= around_prediction // 10  # not the low score
