@@ -2,6 +2,7 @@
 [tool.importlinter] contracts, checked by import-linter); each console command is about a screen."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -50,3 +51,24 @@ def test_each_console_command_is_about_a_screen(module):
     lines = (REPO_ROOT / "pisa_train" / "cli" / module).read_text().splitlines()
     assert len(lines) <= 120, f"pisa_train/cli/{module} has {len(lines)} lines; move what is not the command's " \
                               f"own to config/, engine/ or results/"
+
+
+PATCHES = REPO_ROOT / "pisa_train" / "engine" / "patches"
+NOT_PATCHES = ("__init__.py", "rebinding.py")  # the index of the patches, and a helper they use
+
+
+@pytest.mark.parametrize("module", sorted(path.name for path in PATCHES.glob("*.py") if path.name not in NOT_PATCHES))
+def test_each_patch_names_its_upstream_and_a_guard_test_that_exists(module):
+    """STYLE.md: every change to upstream behaviour names the upstream version it changes and the test that
+    fails when upstream changes; the module is listed in patches/__init__.py."""
+    import ast
+
+    doc = ast.get_docstring(ast.parse((PATCHES / module).read_text())) or ""
+    assert re.search(r"\b(mmengine|mmcv|mmdet|torch) \d+\.\d+", doc), f"{module} names no upstream version"
+    guards = re.findall(r"(tests/test_\w+\.py)::(test_\w+)", " ".join(doc.split()))
+    assert re.search(r"Guard tests?:", doc) and guards, f"{module} names no guard test"
+    for file_name, test_name in guards:
+        tree = ast.parse((REPO_ROOT / file_name).read_text())
+        assert test_name in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}, \
+            f"{module} names {file_name}::{test_name}, which does not exist"
+    assert f"* {module}:" in (PATCHES / "__init__.py").read_text(), f"patches/__init__.py does not list {module}"

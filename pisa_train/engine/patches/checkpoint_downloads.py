@@ -16,8 +16,10 @@ and verifies the file; checkpoint_loading.load_checkpoint_file then reads it wei
 a file named by ``--trust-checkpoint`` in full). A ``mmcls://`` checkpoint is then reduced to its
 backbone by mmengine's own ``_process_mmcls_checkpoint``, as load_from_mmcls does. In a distributed
 run rank 0 fetches first and the others wait, as load_from_http does.
-tests/test_checkpoint_downloads.py's ``test_upstream_*`` fail when mmengine stops loading these
-through torch.hub or torch's default changes; its other tests fail without this patch.
+Guard tests: tests/test_checkpoint_downloads.py::test_upstream_loads_an_https_checkpoint_with_torch_hub_unpickling_in_full
+and tests/test_checkpoint_downloads.py::test_upstream_schemes_are_the_ones_replaced fail when mmengine
+stops loading these through torch.hub or torch's default changes; the file's other tests fail without
+this patch.
 """
 from __future__ import annotations
 

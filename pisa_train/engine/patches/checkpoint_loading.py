@@ -13,8 +13,9 @@ but an allowlist of exactly the globals those checkpoints contain, registered
 with ``torch.serialization.add_safe_globals``. ``builtins.getattr`` is not
 allowed as such: the name is bound to a function that only looks up
 HistoryBuffer's registered statistics methods. Everything else is still
-refused by torch. tests/test_safe_checkpoint_loading.py fails if upstream
-starts loading these checkpoints without us.
+refused by torch. Guard tests: tests/test_safe_checkpoint_loading.py::test_upstream_still_needs_the_wrapper
+and tests/test_safe_checkpoint_loading.py::test_upstream_loads_local_checkpoints_with_torchs_default
+fail if upstream starts loading these checkpoints without us.
 
 Weights-only must hold on every path by which mmengine 0.10.7 reads a file in
 train, resume and eval, not only by torch's default: ``load_from_local`` calls

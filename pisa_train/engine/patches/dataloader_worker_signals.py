@@ -16,7 +16,7 @@ once, as torch's handler does: that is how the training process ends its workers
 signal handlers cannot tell who sent a signal, so the worker blocks SIGTERM and a thread of its
 own waits for it with ``sigwaitinfo``, which can. torch's SIGSEGV/SIGBUS/SIGFPE handlers stay.
 
-Guard test: tests/test_interrupted_training.py::test_upstream_dataloader_workers_die_of_a_sigterm_from_outside
+Guard test: tests/test_training_guards.py::test_upstream_dataloader_workers_die_of_a_sigterm_from_outside
 fails if torch's workers stop dying of it (then this patch can go).
 """
 from __future__ import annotations

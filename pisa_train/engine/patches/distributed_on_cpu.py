@@ -19,8 +19,10 @@ GPU, in two places:
    is mmengine's MMDistributedDataParallel without ``device_ids`` on the CPU;
    config/rewrites.py's ``use_cpu_model_wrapper`` selects it through ``model_wrapper_cfg``.
 
-tests/test_distributed_on_cpu.py fails if mmengine changes either behaviour (then this
-module can go, or must change).
+Guard tests: tests/test_distributed_on_cpu.py::test_mmengine_still_needs_a_gpu_to_init_a_pytorch_launched_run,
+tests/test_distributed_on_cpu.py::test_mmengine_still_needs_a_gpu_to_init_an_srun_launched_run and
+tests/test_distributed_on_cpu.py::test_mmengine_still_needs_a_gpu_to_init_an_mpi_launched_run fail if
+mmengine changes either behaviour (then this module can go, or must change).
 """
 from __future__ import annotations
 
