@@ -43,6 +43,10 @@ def fixed_phrases(message: str) -> list[str]:
     phrases = []
     for part in VARYING.split(message):
         words = part.replace("(", " ").replace(")", " ").split()
+        while words and not any(character.isalnum() for character in words[0]):
+            words.pop(0)  # a ';' left by the varying part before it belongs to no phrase of its own
+        while words and not any(character.isalnum() for character in words[-1]):
+            words.pop()
         if len(words) >= MIN_WORDS:
             phrases.append(" ".join(words))
     return phrases
@@ -64,7 +68,7 @@ def strings_of_test(path, name: str) -> str:
     top = {node.name if hasattr(node, "name") else getattr(node.targets[0], "id", None): node
            for node in tree.body if isinstance(node, (ast.FunctionDef, ast.Assign))}
     test = top[name]
-    used = {node.id for node in ast.walk(test) if isinstance(node, ast.Name)} & set(top)
+    used = sorted({node.id for node in ast.walk(test) if isinstance(node, ast.Name)} & set(top))
     texts = [text for node in [test, *(top[n] for n in used)] for child in ast.walk(node)
              if (text := _render(child)) is not None]
     return " ".join(" ".join(text.replace("(", " ").replace(")", " ").replace("`", "").split()) for text in texts)
