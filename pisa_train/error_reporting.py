@@ -20,6 +20,7 @@ from typing import Callable
 from pisa_train import exit_codes
 from pisa_train.errors import CheckpointError, DataError, EnvironmentProblem, PisaError
 from pisa_train.files import IMAGE_EXTENSIONS
+from pisa_train.terminal import write_line
 
 
 def run_reporting_errors(prog: str, work: Callable[[], int | None], debug: bool = False) -> int:
@@ -28,25 +29,27 @@ def run_reporting_errors(prog: str, work: Callable[[], int | None], debug: bool 
     except PisaError as error:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: {error.label}: {error}", file=sys.stderr)
+        write_line(f"{prog}: {error.label}: {error}", sys.stderr)
+        if error.after_report is not None:
+            error.after_report()
         return error.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted by user", file=sys.stderr)
+        write_line(f"{prog}: interrupted by user", sys.stderr)
         return exit_codes.INTERRUPTED
     except Exception as error:  # noqa: BLE001 - this is the boundary that reports everything
         known = translate_upstream_error(error)
         if known is not None:
             if debug:
                 traceback.print_exc()
-            print(f"{prog}: {known.label}: {known}", file=sys.stderr)
+            write_line(f"{prog}: {known.label}: {known}", sys.stderr)
             return known.exit_code
         if debug:
             traceback.print_exc()
-            print(f"{prog}: error: {type(error).__name__}: {error}", file=sys.stderr)
+            write_line(f"{prog}: error: {type(error).__name__}: {error}", sys.stderr)
         else:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            print(f"{prog}: error: {type(error).__name__}: {first_line} (rerun with --debug for the traceback)",
-                  file=sys.stderr)
+            write_line(f"{prog}: error: {type(error).__name__}: {first_line} (rerun with --debug for the traceback)",
+                       sys.stderr)
         return exit_codes.UNEXPECTED_ERROR
 
 

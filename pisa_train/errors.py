@@ -12,6 +12,10 @@ class PisaError(Exception):
 
     exit_code = exit_codes.UNEXPECTED_ERROR
     label = "error"  # the word after "pisa-train:" in the one line on stderr
+    # Called once the line is on stderr. Set where every process of a distributed run raises this
+    # error at the same step (engine/hooks/training_guards.py): a barrier, because torchrun stops
+    # the other processes as soon as one exits, maybe before they have written their line.
+    after_report = None
 
 
 class UsageError(PisaError):

@@ -36,10 +36,19 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def write_line(text: str, stream: TextIO | None = None) -> None:
+    """Write ``text`` and its newline in one write, then flush. ``print`` writes the newline
+    separately, and unbuffered (PYTHONUNBUFFERED=1, ``python -u``) that is a second write(2): the
+    processes of a distributed run, which share one stderr, then put two messages on one line."""
+    stream = stream if stream is not None else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def announcer(prog: str, stream: TextIO | None = None) -> Callable[[str], None]:
     """A function that prints ``[prog] line``: how the commands say what they do."""
     def say(line: str) -> None:
-        print(f"[{prog}] {line}", file=stream if stream is not None else sys.stdout, flush=True)
+        write_line(f"[{prog}] {line}", stream)
 
     return say
 

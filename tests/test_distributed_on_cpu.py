@@ -309,7 +309,8 @@ def test_two_processes_on_cpu_train_checkpoint_once_and_resume(tmp_path):
 def test_when_one_of_two_processes_diverges_both_stop_at_that_iteration_with_exit_8(tmp_path):
     """A NaN loss on rank 1 only (injected, see tests/fault_injection/sitecustomize.py): rank 0's loss is
     finite, yet both stop after that iteration (else rank 0 would wait forever in the next all-reduce),
-    both name rank 1's term, and the last good checkpoint stays the newest."""
+    both name rank 1's term, and the last good checkpoint stays the newest. Rank 0 is slow to write its
+    line (injected too): rank 1 must not exit before it, or torchrun stops rank 0 with its line unwritten."""
     import subprocess
     import sys
 
@@ -318,6 +319,7 @@ def test_when_one_of_two_processes_diverges_both_stop_at_that_iteration_with_exi
 
     work_dir = tmp_path / "work"
     env = dict(os.environ, PYTHONUNBUFFERED="1", PISA_TEST_NAN_LOSS_AT_ITER="3", PISA_TEST_NAN_LOSS_RANK="1",
+               PISA_TEST_SLOW_ERROR_LINE_RANK="0",
                PYTHONPATH=os.pathsep.join(filter(None, [str(FAULT_INJECTION), os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, "-m", "pisa_train.cli.train", *tiny_demo(work_dir, 6, "--nproc", "2")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -130,3 +130,51 @@ def test_a_distributed_port_in_use_as_torch_reports_it(tmp_path):
     assert result.stderr.strip() == (
         f"pisa-train: error: the distributed port {port} is already in use (another training run on this machine?); "
         f"choose a free one: torchrun --master-port 29510 ..., or set MASTER_PORT=29510")
+
+
+class RecordedWrites:
+    """A stream that keeps each write call apart: unbuffered, each would be one write(2)."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("error", [TrainingStopped("iteration 3: on rank 1 of 2, loss is nan"), KeyboardInterrupt(),
+                                   ValueError("unexpected\nsecond line")], ids=["known", "interrupt", "unexpected"])
+def test_an_error_line_is_one_write_so_two_processes_sharing_stderr_never_mix_their_lines(monkeypatch, error):
+    """Both processes of a 2-process run report the same error on one stderr; ``print`` wrote the
+    newline apart, and with PYTHONUNBUFFERED two messages then shared a line (CI saw it)."""
+    import sys
+
+    stream = RecordedWrites()
+    monkeypatch.setattr(sys, "stderr", stream)
+
+    def work():
+        raise error
+
+    run_reporting_errors("pisa-train", work)
+    assert len(stream.writes) == 1 and stream.writes[0].startswith("pisa-train: ")
+    assert stream.writes[0].endswith("\n") and stream.writes[0].count("\n") == 1, stream.writes
+
+
+def test_an_errors_after_report_runs_once_its_line_is_written(monkeypatch):
+    """Where every process raises the same error (training_guards.raised_by_every_process), its
+    barrier must come after the line: before it, a process stopped by torchrun has written nothing."""
+    import sys
+
+    stream = RecordedWrites()
+    monkeypatch.setattr(sys, "stderr", stream)
+    error = TrainingStopped("stopped by SIGTERM after iteration 2")
+    error.after_report = lambda: stream.writes.append("<barrier>")
+
+    def work():
+        raise error
+
+    assert run_reporting_errors("pisa-train", work) == exit_codes.STOPPED_AND_SAVED
+    assert stream.writes == ["pisa-train: stopped: stopped by SIGTERM after iteration 2\n", "<barrier>"]

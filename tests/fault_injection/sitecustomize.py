@@ -23,6 +23,10 @@ need what a test machine does not have, said per variable:
 - PISA_TEST_NAN_LOSS_AT_ITER=N: the loss term PISA_TEST_NAN_LOSS_TERM (default loss_cls) of the
   N-th training step becomes PISA_TEST_NAN_LOSS_VALUE (nan, or inf), as after a divergence; with
   PISA_TEST_NAN_LOSS_RANK=R only in the process of that rank (a divergence on one GPU).
+- PISA_TEST_SLOW_ERROR_LINE_RANK=R: the process of rank R waits PISA_TEST_SLOW_ERROR_LINE_SECONDS
+  (default 3) before it writes its one-line error, as a process on a loaded machine may: the other
+  processes of the run have then long written theirs and, without a wait for it, exited (a race
+  that real timing loses only now and then).
 """
 import os
 import re
@@ -152,3 +156,18 @@ if os.environ.get("PISA_TEST_NAN_LOSS_AT_ITER") and os.environ.get(
         return _original_parse(self, losses)
 
     BaseModel.parse_losses = _parse_losses
+
+
+if os.environ.get("PISA_TEST_SLOW_ERROR_LINE_RANK", "-") == os.environ.get("RANK", "0"):
+    import time
+
+    import pisa_train.error_reporting
+
+    _original_write_line = pisa_train.error_reporting.write_line
+    _delay = float(os.environ.get("PISA_TEST_SLOW_ERROR_LINE_SECONDS", "3"))
+
+    def _slow_write_line(text, stream=None):
+        time.sleep(_delay)
+        _original_write_line(text, stream)
+
+    pisa_train.error_reporting.write_line = _slow_write_line

@@ -11,6 +11,8 @@ from __future__ import annotations
 from mmengine.dist import get_dist_info
 from mmengine.hooks import Hook
 
+from pisa_train.terminal import write_line
+
 
 class PerRankLossHook(Hook):
     priority = "BELOW_NORMAL"
@@ -22,5 +24,6 @@ class PerRankLossHook(Hook):
         rank, world_size = get_dist_info()
         if world_size < 2 or not outputs or not self.every_n_train_iters(runner, self.interval):
             return
-        terms = " ".join(f"{name}: {float(value):.4f}" for name, value in outputs.items() if "loss" in name)
-        print(f"[pisa-train] rank {rank}/{world_size} iter {runner.iter + 1}: {terms}", flush=True)
+        terms = " ".join(f"{name}: {float(value.detach() if hasattr(value, 'detach') else value):.4f}"
+                         for name, value in outputs.items() if "loss" in name)
+        write_line(f"[pisa-train] rank {rank}/{world_size} iter {runner.iter + 1}: {terms}")

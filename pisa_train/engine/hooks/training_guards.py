@@ -30,7 +30,8 @@ import threading
 from mmengine.hooks import Hook
 
 from pisa_train.engine.patches.skip_nonfinite_updates import skip_nonfinite_updates
-from pisa_train.errors import ConfigError, NonFiniteLossError, TrainingStopped
+from pisa_train.errors import ConfigError, NonFiniteLossError, PisaError, TrainingStopped
+from pisa_train.terminal import write_line
 
 MAX_SKIPS_IN_A_ROW = 10
 NONFINITE_ACTIONS = ("stop", "skip")  # the values of the config setting nonfinite_loss
@@ -91,6 +92,17 @@ def _on_any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
+def raised_by_every_process(error: PisaError) -> PisaError:
+    """``error``, which every process raises at this iteration (they agreed on it through a
+    collective): in a distributed run each, once it has written its line, waits until all have,
+    for torchrun stops the rest as soon as one exits, maybe before their line is out (CI saw it)."""
+    if _world_size() > 1:
+        import torch.distributed as dist
+
+        error.after_report = dist.barrier
+    return error
+
+
 def nonfinite_by_rank(bad: list[tuple[str, float]]) -> dict[int, list[tuple[str, float]]]:
     """Every process's non-finite loss terms, by rank, for the ranks that have some ({} when none
     has); the same answer on every process, so that all stop (or skip) at the same iteration."""
@@ -127,13 +139,13 @@ class NonFiniteLossHook(Hook):
             if self.skips_in_a_row < MAX_SKIPS_IN_A_ROW:
                 runner.logger.warning(f"{what}; step skipped (nonfinite_loss='skip')")
                 return
-            raise NonFiniteLossError(f"{what}, the {MAX_SKIPS_IN_A_ROW}th non-finite loss in a row; training "
-                                     f"stopped; the last checkpoint is {last}; lower the learning rate or add "
-                                     f"gradient clipping (optim_wrapper.clip_grad)")
-        raise NonFiniteLossError(f"{what}; training stopped, and this step was not saved: the last good checkpoint "
-                                 f"is {last}; lower the learning rate or add gradient clipping "
-                                 f"(optim_wrapper.clip_grad), or set nonfinite_loss='skip' "
-                                 f"(--cfg-options nonfinite_loss=skip) to skip such steps")
+            raise raised_by_every_process(NonFiniteLossError(
+                f"{what}, the {MAX_SKIPS_IN_A_ROW}th non-finite loss in a row; training stopped; the last "
+                f"checkpoint is {last}; lower the learning rate or add gradient clipping (optim_wrapper.clip_grad)"))
+        raise raised_by_every_process(NonFiniteLossError(
+            f"{what}; training stopped, and this step was not saved: the last good checkpoint is {last}; lower "
+            f"the learning rate or add gradient clipping (optim_wrapper.clip_grad), or set nonfinite_loss='skip' "
+            f"(--cfg-options nonfinite_loss=skip) to skip such steps"))
 
 
 class StopOnSignalHook(Hook):
@@ -158,9 +170,9 @@ class StopOnSignalHook(Hook):
             self.restore()
             raise KeyboardInterrupt(f"second {name}")
         self.requested = name
-        # print, not the logger: a handler may run while the logger holds its lock.
-        print(f"[pisa-train] {name} received: saving a checkpoint after this iteration, then stopping "
-              f"(send it again to stop at once, without saving)", flush=True)
+        # Not the logger: a handler may run while the logger holds its lock.
+        write_line(f"[pisa-train] {name} received: saving a checkpoint after this iteration, then stopping "
+                   f"(send it again to stop at once, without saving)")
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():
@@ -175,12 +187,14 @@ class StopOnSignalHook(Hook):
 
         savers = [hook for hook in runner.hooks if isinstance(hook, AtomicCheckpointHook)]
         if not savers:
-            raise TrainingStopped(f"stopped by {self.requested} after iteration {runner.iter + 1}, without a "
-                                  f"checkpoint: the config has no AtomicCheckpointHook")
+            raise raised_by_every_process(TrainingStopped(
+                f"stopped by {self.requested} after iteration {runner.iter + 1}, without a checkpoint: the config "
+                f"has no AtomicCheckpointHook"))
         path = savers[0].save_for_stop(runner)
         self.restore()
-        raise TrainingStopped(f"stopped by {self.requested} after iteration {runner.iter + 1}; checkpoint saved "
-                              f"to {path}; continue with --resume")
+        raise raised_by_every_process(TrainingStopped(
+            f"stopped by {self.requested} after iteration {runner.iter + 1}; checkpoint saved to {path}; continue "
+            f"with --resume"))
 
     def after_train(self, runner) -> None:
         self.restore()
