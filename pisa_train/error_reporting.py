@@ -31,7 +31,10 @@ def run_reporting_errors(prog: str, work: Callable[[], int | None], debug: bool 
             traceback.print_exc()
         write_line(f"{prog}: {error.label}: {error}", sys.stderr)
         if error.after_report is not None:
-            error.after_report()
+            try:
+                error.after_report()
+            except Exception:  # noqa: BLE001 - the line is out; a peer already gone is no reason for a traceback
+                pass
         return error.exit_code
     except KeyboardInterrupt:
         write_line(f"{prog}: interrupted by user", sys.stderr)

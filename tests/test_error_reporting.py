@@ -178,3 +178,24 @@ def test_an_errors_after_report_runs_once_its_line_is_written(monkeypatch):
 
     assert run_reporting_errors("pisa-train", work) == exit_codes.STOPPED_AND_SAVED
     assert stream.writes == ["pisa-train: stopped: stopped by SIGTERM after iteration 2\n", "<barrier>"]
+
+
+def test_a_failing_after_report_leaves_the_one_line_and_the_exit_code(monkeypatch):
+    """A barrier whose peer is already gone raises (gloo: connection reset); the user still gets
+    the error's own line and exit code, not a traceback."""
+    import sys
+
+    stream = RecordedWrites()
+    monkeypatch.setattr(sys, "stderr", stream)
+    error = TrainingStopped("stopped by SIGTERM after iteration 2")
+
+    def barrier_without_peer():
+        raise RuntimeError("Connection reset by peer")
+
+    error.after_report = barrier_without_peer
+
+    def work():
+        raise error
+
+    assert run_reporting_errors("pisa-train", work) == exit_codes.STOPPED_AND_SAVED
+    assert stream.writes == ["pisa-train: stopped: stopped by SIGTERM after iteration 2\n"]
