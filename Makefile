@@ -2,10 +2,13 @@
 # (tools/setup_env.py is quick when nothing changed).
 PYTHON ?= python3
 VENV := .venv
+# lite (default): mmcv-lite, RoIAlign/NMS/nms_match from torchvision and torch, nothing compiled;
+# compiled: mmcv with its compiled ops, built once from the sdist and cached (docs: "Compiled mmcv").
+MMCV ?= lite
 DEMO_CONFIG := configs/pisa_faster_rcnn_r18_fpn_demo_shapes.py
 DEMO_WORK_DIR := work_dirs/pisa_faster_rcnn_r18_fpn_demo_shapes
 PYTEST_ARGS ?=
-# e.g. SETUP_ARGS="--offline wheelhouse --use-system-torch" (README, "Offline install")
+# e.g. SETUP_ARGS="--offline wheelhouse --use-system-torch" (docs/getting_started.md, "Offline install")
 SETUP_ARGS ?=
 WHEELHOUSE ?= wheelhouse
 TARGET_HAS ?=
@@ -14,15 +17,15 @@ TARGET_PYTHON ?=
 .PHONY: setup demo test wheelhouse gpu-check
 
 setup:
-	@$(PYTHON) tools/setup_env.py $(SETUP_ARGS)
+	@$(PYTHON) tools/setup_env.py --mmcv $(MMCV) $(SETUP_ARGS)
 
-# The files for an offline install, torch aside, into $(WHEELHOUSE)/ (README, "Offline install"):
+# The files for an offline install, torch aside, into $(WHEELHOUSE)/ (docs/getting_started.md, "Offline install"):
 # TARGET_HAS=freeze.txt leaves out what the target already has, TARGET_PYTHON=3.12 its Python's wheels.
 wheelhouse:
-	@$(PYTHON) tools/setup_env.py --wheelhouse $(WHEELHOUSE) $(if $(TARGET_HAS),--target-has $(TARGET_HAS)) \
+	@$(PYTHON) tools/setup_env.py --mmcv $(MMCV) --wheelhouse $(WHEELHOUSE) $(if $(TARGET_HAS),--target-has $(TARGET_HAS)) \
 		$(if $(TARGET_PYTHON),--target-python $(TARGET_PYTHON))
 
-# Every GPU check and benchmark, on a GPU machine after the set-up (README, "GPU check").
+# Every GPU check and benchmark, on a GPU machine after the set-up (docs/getting_started.md, "GPU check").
 gpu-check:
 	tools/gpu_check.sh $(GPU_CHECK_ARGS)
 

@@ -1,7 +1,26 @@
-"""Time PISA Faster R-CNN X101-32x4d FPN training: pisa-train against MMDetection's own tools/train.py.
+"""Time PISA Faster R-CNN X101-32x4d FPN training: pisa-train as set up by default (mmcv-lite,
+kernels from torchvision and torch) against MMDetection's own tools/train.py with compiled mmcv.
 
     .venv/bin/python benchmarks/train_speed.py [--iters 20] [--warmup 3] [--batch 2] [--size W H]
-        [--mode fp32|amp|bf16|all ...] [--workers N] [--out-dir DIR] [--json FILE]
+        [--mode fp32|amp|bf16|all ...] [--workers N] [--mmdet-python PYTHON] [--out-dir DIR] [--json FILE]
+
+What is compared, and why. pisa-train's default environment (.venv/, ``make setup``) has mmcv-lite:
+mmcv's Python code without its compiled ops, whose RoIAlign, NMS and nms_match pisa-train answers
+with torchvision's and torch's kernels (pisa_train/engine/torch_kernels.py, installed as
+``mmcv._ext`` by engine/patches/mmcv_ext_from_torchvision.py when ``pisa_train`` is imported).
+MMDetection's tools/train.py does not import pisa_train, so it cannot run on mmcv-lite at all
+(``import mmcv.ops`` needs ``mmcv._ext``); what MMDetection users run is tools/train.py with compiled
+mmcv. So the pisa-train command runs with the Python running this script, and mmdet's with
+``--mmdet-python`` (default: .venv-mmcv-compiled/bin/python in the repository when it exists,
+made by ``python3 tools/setup_env.py --mmcv compiled --venv .venv-mmcv-compiled``: compiled mmcv
+2.1.0 of the same version, torch and mmdet; else this Python, and the record says which). The
+ratio is therefore the cost of both what pisa-train adds around MMEngine's loop (its hooks: the
+signal and NaN guards, progress; no checkpoint is saved here) and its kernels against mmcv's
+compiled ones. Before timing, each Python is asked which kernels its command will use (for mmdet
+without importing pisa_train, as tools/train.py does not): compiled mmcv, or pisa-train's
+torchvision/torch ones; the record and the table say so per run. Run this script with
+.venv-mmcv-compiled's Python instead and both commands use compiled mmcv: the ratio is then
+pisa-train's overhead alone.
 
 It generates a COCO-format dataset of random-textured JPEG images of W x H (default 1333x800,
 COCO's training size; 448x256 on a machine without a GPU, where 1333x800 would take minutes per
@@ -10,9 +29,10 @@ configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py and changes only what a timin
 paths, the train pipeline's Resize to W x H, the batch size and dataloader workers, a randomly
 initialised backbone (no ImageNet download), an IterBasedTrainLoop of warm-up + N iterations
 without validation or checkpoints, and a log line per iteration. Then, per mode, it trains that
-config twice, each time in a fresh process with the same flags: pisa-train
+config twice on the same data, each time in a fresh process with the same flags: pisa-train
 (``python -m pisa_train.cli.train``, with its default ``--ops-backend auto``) and MMDetection
-3.3.0's tools/train.py as pip installs it (site-packages/mmdet/.mim/tools/train.py).
+3.3.0's tools/train.py as pip installs it (site-packages/mmdet/.mim/tools/train.py of the mmdet
+Python's own mmdet).
 
 From each run's MMEngine log, WORK_DIR/<timestamp>/vis_data/scalars.json (IterTimerHook's
 ``time`` and ``data_time`` per iteration, the log window being 1; on a GPU also LogProcessor's
@@ -20,14 +40,14 @@ From each run's MMEngine log, WORK_DIR/<timestamp>/vis_data/scalars.json (IterTi
 s/iter and data s/iter (means), images/s (batch / s/iter), peak memory (GPU: the largest
 ``memory``; CPU: the peak RSS that wait4 reports for the training process, the larger of it and
 its dataloader workers), the timed iterations' losses, and the ratio of pisa-train's s/iter to
-mmdet's. It prints a JSON record and a markdown table whose rows name the machine; ``--json
-FILE`` also writes the record. With the same seed, config and kernels the two commands compute
-the same losses (checked on the CPU), so the ratio is the cost of what pisa-train adds around
-MMEngine's loop (its hooks: the signal and NaN guards, progress; no checkpoint is saved here).
+mmdet's. It prints a JSON record and a markdown table whose rows name the machine and each
+command's kernels; ``--json FILE`` also writes the record. With the same seed and config the two
+commands compute the same losses on the CPU, compiled mmcv or not: torchvision's RoIAlign and the
+NMS kernels give mmcv's results there (tests/test_train_speed_benchmark.py checks the losses).
 
-mmdet's tools/train.py runs unchanged on torch 2.14 for this (fp32, CPU). On a GPU whose mmcv
-was built without CUDA ops, pisa-train's ``--ops-backend auto`` uses torchvision's RoIAlign and
-NMS while mmdet's script has only mmcv's: its failure is then reported, not hidden.
+On a GPU, mmdet's Python needs mmcv compiled with CUDA ops; with mmcv-lite, or mmcv built without
+them, tools/train.py fails, and its failure is reported, not hidden (pisa-train's
+``--ops-backend auto`` uses torchvision's RoIAlign and NMS there).
 
 Modes: fp32; amp: ``--amp`` on both commands (AmpOptimWrapper, fp16, dynamic loss scale); bf16:
 AmpOptimWrapper with ``dtype='bfloat16'``, set in the generated config. mmengine 0.10.7's
@@ -44,7 +64,7 @@ convolutions in TF32, PyTorch's default, so its peak is the TF32 rate; amp is fp
 A measurement, not a test (tests/test_train_speed_benchmark.py runs it small). The run folders
 (data, configs, work dirs, each command's output in ``<tool>.log``) stay under --out-dir.
 Exit code 0 when every run finished, 1 when one failed: its exit code and last output line are
-in the record and in the table, and its full output in its log.
+in the record and in the table, and its full output in its log; 2 for a usage error.
 """
 from __future__ import annotations
 
@@ -165,11 +185,119 @@ def mmdet_train_script() -> Path | None:
     return script if script.is_file() else None
 
 
-def tool_command(tool: str, config: Path, work_dir: Path, mode: str, mmdet_script: Path | None) -> list[str]:
+COMPILED_MMCV_VENV = ".venv-mmcv-compiled"
+HOW_TO_GET_COMPILED_MMCV = (f"create {COMPILED_MMCV_VENV}/ with `python3 tools/setup_env.py --mmcv compiled "
+                            f"--venv {COMPILED_MMCV_VENV}`, or pass --mmdet-python with a Python that has it")
+
+
+def choose_mmdet_python(requested: Path | None, repo: Path = REPO, fallback: str = sys.executable) -> tuple[str, str]:
+    """(the Python that runs mmdet's tools/train.py, why that one): --mmdet-python, else the repository's
+    compiled-mmcv venv when it exists (mmdet's script cannot run on mmcv-lite), else ``fallback``."""
+    if requested is not None:
+        # abspath, not resolve(): a venv's python is a link to the base interpreter, which is not the venv.
+        return os.path.abspath(requested), "--mmdet-python"
+    compiled = repo / COMPILED_MMCV_VENV / "bin" / "python"
+    if compiled.exists():
+        return str(compiled), f"default: {COMPILED_MMCV_VENV}/bin/python in the repository (compiled mmcv)"
+    return fallback, (f"default: the Python running this benchmark, as there is no {COMPILED_MMCV_VENV}/ "
+                      f"in the repository")
+
+
+def describe_python(tool: str, device: str) -> dict:
+    """Run in the Python that will run ``tool`` (``--describe-python``): its versions and what mmcv's
+    ops will run on there. For mmdet without importing pisa_train, as mmdet's tools/train.py does not."""
+    import importlib.metadata
+    import importlib.util
+
+    facts = dict(tool=tool, device=device, executable=sys.executable, python=platform.python_version())
+    for name in ("torch", "torchvision", "mmdet", "mmengine", "mmcv", "mmcv-lite"):
+        try:
+            facts[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            facts[name] = None
+    if tool == "pisa-train":
+        import pisa_train  # noqa: F401  (as `python -m pisa_train.cli.train` does: mmcv._ext without compiled mmcv)
+        from pisa_train.engine.device import choose_ops_backend, mmcv_kernels
+
+        kernels = mmcv_kernels()
+        facts.update(compiled_mmcv_devices=sorted(kernels.devices), mmcv_build=kernels.description,
+                     ops_backend=choose_ops_backend("auto", device, kernels))
+    else:
+        # What pisa_train.engine.device.mmcv_kernels() finds, asked here without pisa_train's mmcv._ext stand-in.
+        installed = (facts["mmcv"] or facts["mmcv-lite"]) is not None
+        compiled = installed and importlib.util.find_spec("mmcv._ext") is not None
+        devices, build = [], "mmcv-lite: no mmcv._ext, so mmcv.ops (and mmdet's models) cannot be imported"
+        if compiled:
+            from mmcv.ops import get_compiler_version, get_compiling_cuda_version
+
+            cuda = get_compiling_cuda_version()
+            with_cuda = bool(cuda) and cuda != "not available"
+            devices = ["cpu", "cuda"] if with_cuda else ["cpu"]
+            build = (f"mmcv ops compiled with {get_compiler_version()}, "
+                     f"{'CUDA ' + cuda if with_cuda else 'without CUDA'}")
+        script = mmdet_train_script()
+        facts.update(compiled_mmcv_devices=devices, mmcv_build=build, train_script=str(script) if script else None,
+                     imported_pisa_train="pisa_train" in sys.modules)
+    return facts
+
+
+def ask_python(python: str, tool: str, device: str) -> dict:
+    """describe_python(tool, device), run by ``python``; dict(error=...) when it cannot answer."""
+    command = [python, str(Path(__file__).resolve()), "--describe-python", tool, "--describe-device", device]
+    try:
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    except OSError as problem:
+        return dict(executable=python, error=f"cannot run {python}: {problem}")
+    if result.returncode != 0:
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        return dict(executable=python, error=f"{python} could not describe itself (exit code {result.returncode}): "
+                                             f"{lines[-1].strip() if lines else 'no output'}")
+    return json.loads(result.stdout)
+
+
+def kernels_label(facts: dict) -> str:
+    """Whose kernels mmcv's ops (RoIAlign, NMS, nms_match) run on in the command, for the table."""
+    if "error" in facts:
+        return "unknown"
+    devices, device = facts["compiled_mmcv_devices"], facts["device"]
+    compiled = f"compiled mmcv ({', '.join(d.upper() for d in devices)})"
+    if facts["tool"] == "pisa-train":
+        if facts["ops_backend"] == "mmcv":
+            return compiled
+        if not devices:
+            return "torchvision/torch (pisa-train, mmcv-lite)"
+        return f"torchvision RoIAlign and NMS, {compiled} otherwise"
+    if device in devices:
+        return compiled
+    if devices:
+        return f"{compiled}: no {device.upper()} kernels"
+    return "none (mmcv-lite)"
+
+
+def version_differences(pythons: dict) -> dict:
+    """The packages whose versions differ between the two commands' Pythons (mmcv by version, whether
+    mmcv or mmcv-lite): beyond the kernels, any of these would also be in the ratio."""
+    if any("error" in facts for facts in pythons.values()):
+        return {}
+    versions = {tool: dict(python=facts["python"], torch=facts["torch"], torchvision=facts["torchvision"],
+                           mmcv=facts["mmcv"] or facts["mmcv-lite"], mmdet=facts["mmdet"], mmengine=facts["mmengine"])
+                for tool, facts in pythons.items()}
+    ours, theirs = (versions[tool] for tool in TOOLS)
+    return {name: {tool: versions[tool][name] for tool in TOOLS} for name in ours if ours[name] != theirs[name]}
+
+
+def tool_command(tool: str, python: str, config: Path, work_dir: Path, mode: str,
+                 mmdet_script: str | None) -> list[str]:
     flags = ["--work-dir", str(work_dir), *(["--amp"] if mode == "amp" else [])]
     if tool == "pisa-train":
-        return [sys.executable, "-m", "pisa_train.cli.train", str(config), *flags]
-    return [sys.executable, str(mmdet_script), str(config), *flags]
+        return [python, "-m", "pisa_train.cli.train", str(config), *flags]
+    return [python, str(mmdet_script), str(config), *flags]
+
+
+def logged_ops_backend(log_path: Path) -> str | None:
+    """The RoIAlign and NMS kernels pisa-train's log says it used (engine/runner.py's describe_run)."""
+    found = re.findall(r"RoIAlign and NMS kernels: (\w+)", log_path.read_text(errors="replace"))
+    return found[-1] if found else None
 
 
 def run_and_measure(command: list[str], log_path: Path) -> tuple[int, float, float, str]:
@@ -254,14 +382,15 @@ def utilisation(result: dict) -> str:
 
 
 def markdown_table(record: dict) -> list[str]:
-    lines = ["| machine | command | mode | image | batch | s/iter | data s/iter | images/s | peak memory (MiB) "
-             "| s/iter vs mmdet | MFU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| machine | command | mmcv kernels | mode | image | batch | s/iter | data s/iter | images/s "
+             "| peak memory (MiB) | s/iter vs mmdet | MFU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     size = "x".join(map(str, record["image_size"]))
     for run in record["runs"]:
         for tool in TOOLS:
             result = run[tool]
-            start = f"| {record['machine']} | {tool} | {run['mode']} | {size} | {record['batch']} |"
+            start = (f"| {record['machine']} | {tool} | {result.get('kernels', 'not recorded')} | {run['mode']} "
+                     f"| {size} | {record['batch']} |")
             if "s_per_iter" not in result:
                 lines.append(f"{start} failed: {result['error']} | | | | | |")
                 continue
@@ -321,6 +450,8 @@ def training_forward_flops(config: Path, width: int, height: int, device: str = 
     count does not depend on how many proposals an untrained RPN lets through). mmengine counts a
     multiply-add as one FLOP (fvcore's convention): doubled here."""
     import torch
+
+    import pisa_train  # noqa: F401  (mmcv.ops, which building the model imports, needs mmcv._ext: see the patch)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.analysis import get_model_complexity_info
@@ -369,7 +500,7 @@ def add_utilisation(record: dict, gpu_name: str | None) -> None:
 # ---- the benchmark ---------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--iters", type=int, default=20, help="timed iterations (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="iterations run first and not timed (default 3)")
     parser.add_argument("--batch", type=int, default=2, help="images per iteration (default 2, the config's)")
@@ -379,19 +510,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", action="append", choices=[*MODES, "all"],
                         help="fp32 (default), amp (fp16), bf16 or all; repeatable")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2, the config's)")
+    parser.add_argument("--mmdet-python", type=Path, metavar="PYTHON",
+                        help=f"the Python that runs mmdet's tools/train.py, which needs compiled mmcv (default: "
+                             f"{COMPILED_MMCV_VENV}/bin/python in the repository when it exists, else the Python "
+                             f"running this script); pisa-train runs with the Python running this script")
     parser.add_argument("--out-dir", type=Path, default=REPO / "work_dirs" / "train_speed",
                         help="where each invocation's data, configs and work dirs go (in a folder of its own)")
     parser.add_argument("--json", metavar="FILE", help="also write the record to FILE")
     parser.add_argument("--flops", action=argparse.BooleanOptionalAction, default=None,
                         help="count the model's FLOPs and report MFU (default: on a GPU)")
+    # Run by the benchmark in each command's Python: describe_python's JSON on stdout.
+    parser.add_argument("--describe-python", choices=TOOLS, help=argparse.SUPPRESS)
+    parser.add_argument("--describe-device", choices=("cpu", "cuda"), default="cpu", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.describe_python:
+        print(json.dumps(describe_python(args.describe_python, args.describe_device)))
+        return 0
     if args.iters < 1 or args.warmup < 0 or args.batch < 1 or args.workers < 0:
         parser.error("--iters and --batch must be at least 1, --warmup and --workers at least 0")
+    mmdet_python, mmdet_python_chosen_by = choose_mmdet_python(args.mmdet_python)
+    if not os.access(mmdet_python, os.X_OK) or os.path.isdir(mmdet_python):
+        parser.error(f"--mmdet-python {mmdet_python}: no such executable; give the path of a Python with mmdet "
+                     f"and compiled mmcv, such as {COMPILED_MMCV_VENV}/bin/python")
     import torch
 
     gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -399,24 +544,37 @@ def main(argv: list[str] | None = None) -> int:
         modes = check_modes(args.mode or ["fp32"], gpu_name is not None)
     except ValueError as refused:
         parser.error(str(refused))
+    device = "cuda" if gpu_name else "cpu"
+    pythons = {tool: ask_python(python, tool, device)
+               for tool, python in (("pisa-train", sys.executable), ("mmdet", mmdet_python))}
+    for tool, facts in pythons.items():
+        facts["kernels"] = kernels_label(facts)
+        print(f"[train_speed] {tool}: {facts['executable']}, mmcv kernels: {facts['kernels']}"
+              + (f" ({facts['error']})" if "error" in facts else ""), file=sys.stderr, flush=True)
+    mmdet_script = pythons["mmdet"].get("train_script")
+    mmdet_cannot_run = device not in pythons["mmdet"].get("compiled_mmcv_devices", [device])
+    if mmdet_cannot_run:
+        print(f"[train_speed] {mmdet_python} has {pythons['mmdet']['mmcv_build']}; mmdet's tools/train.py needs "
+              f"mmcv compiled with {device.upper()} ops and will fail: {HOW_TO_GET_COMPILED_MMCV}",
+              file=sys.stderr, flush=True)
+    differences = version_differences(pythons)
+    if differences:
+        print(f"[train_speed] the two Pythons differ in more than mmcv's kernels: {json.dumps(differences)}",
+              file=sys.stderr, flush=True)
+
     width, height = args.size or (GPU_SIZE if gpu_name else CPU_SIZE)
     max_iters = args.warmup + args.iters
     folder = args.out_dir / time.strftime("%Y%m%d_%H%M%S")
     while folder.exists():
         folder = folder.with_name(folder.name + "_")
     generate_dataset(folder / "data", args.batch * max_iters, width, height)
-    mmdet_script = mmdet_train_script()
 
-    import mmcv
-    import mmdet
-    import mmengine
-
-    record = dict(machine=machine_name(gpu_name), device="cuda" if gpu_name else "cpu",
+    record = dict(machine=machine_name(gpu_name), device=device,
                   config=str(CONFIG.relative_to(REPO)), image_size=[width, height], batch=args.batch,
                   warmup_iterations=args.warmup, timed_iterations=args.iters, dataloader_workers=args.workers,
-                  python=platform.python_version(), torch=torch.__version__, mmcv=mmcv.__version__,
-                  mmdet=mmdet.__version__, mmengine=mmengine.__version__,
-                  mmdet_train_script=str(mmdet_script) if mmdet_script else None, runs=[])
+                  mmdet_python=mmdet_python, mmdet_python_chosen_by=mmdet_python_chosen_by, pythons=pythons,
+                  version_differences=differences,
+                  mmdet_train_script=mmdet_script, runs=[])
     failed = False
     for mode in modes:
         config = folder / f"pisa_x101_benchmark_{mode}.py"
@@ -424,19 +582,28 @@ def main(argv: list[str] | None = None) -> int:
                                                 max_iters, mode))
         run = dict(mode=mode)
         for tool in TOOLS:
+            facts = pythons[tool]
             work_dir = folder / f"{mode}_{tool}"
-            if tool == "mmdet" and mmdet_script is None:
-                run[tool] = dict(error="mmdet's tools/train.py is not installed (site-packages/mmdet/.mim/tools/)")
+            if "error" in facts or (tool == "mmdet" and mmdet_script is None):
+                problem = facts.get("error") or (f"mmdet's tools/train.py is not installed for {mmdet_python} "
+                                                 f"(site-packages/mmdet/.mim/tools/)")
+                run[tool] = dict(python=facts["executable"], kernels=facts["kernels"], error=problem)
                 failed = True
                 continue
-            command = tool_command(tool, config, work_dir, mode, mmdet_script)
+            command = tool_command(tool, facts["executable"], config, work_dir, mode, mmdet_script)
             work_dir.mkdir(parents=True)
             print(f"[train_speed] {mode}, {tool}: {' '.join(command)}", file=sys.stderr, flush=True)
-            code, peak_rss, wall, last_line = run_and_measure(command, work_dir / f"{tool}.log")
-            result = dict(command=command, exit_code=code, wall_s=round(wall, 1), log=str(work_dir / f"{tool}.log"))
+            log = work_dir / f"{tool}.log"
+            code, peak_rss, wall, last_line = run_and_measure(command, log)
+            result = dict(python=facts["executable"], kernels=facts["kernels"], command=command, exit_code=code,
+                          wall_s=round(wall, 1), log=str(log))
+            if tool == "pisa-train":
+                result["logged_ops_backend"] = logged_ops_backend(log)
             try:
                 if code != 0:
-                    raise ValueError(f"exit code {code}: {last_line}")
+                    hint = (f"; mmdet's tools/train.py needs mmcv compiled with {device.upper()} ops: "
+                            f"{HOW_TO_GET_COMPILED_MMCV}") if tool == "mmdet" and mmdet_cannot_run else ""
+                    raise ValueError(f"exit code {code}: {last_line}{hint}")
                 result.update(summarize(read_iterations(work_dir), args.warmup, args.batch, peak_rss))
             except ValueError as problem:
                 result["error"] = str(problem)
@@ -449,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.flops if args.flops is not None else gpu_name is not None:
         print("[train_speed] counting the model's FLOPs per training image", file=sys.stderr, flush=True)
-        record["flops"] = training_forward_flops(CONFIG, width, height, "cuda" if gpu_name else "cpu")
+        record["flops"] = training_forward_flops(CONFIG, width, height, device)
         add_utilisation(record, gpu_name)
 
     text = json.dumps(record, indent=2)

@@ -1,4 +1,4 @@
-"""Exit codes of the pisa-* commands; the README's "Exit codes" table lists the same."""
+"""Exit codes of the pisa-* commands; docs/cli.md's "Exit codes" table lists the same."""
 
 SUCCESS = 0
 UNEXPECTED_ERROR = 1  # a bug or an error we have no better code for; --debug shows the traceback

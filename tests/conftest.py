@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import pisa_train  # noqa: F401  (first, as every pisa-train command: it provides mmcv._ext where mmcv-lite has none)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "configs"
 DEMO_CONFIG = CONFIGS / "pisa_faster_rcnn_r18_fpn_demo_shapes.py"
@@ -61,6 +63,20 @@ class ProcessState:
         mmcv_nms.ext_module = self.nms_kernels
         for signum, handler in self.signal_handlers.items():
             signal.signal(signum, handler)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked compiled_mmcv check compiled mmcv's own kernels: with mmcv-lite (the default set-up) they
+    are skipped here, and tests/test_mmcv_kernels.py runs them with compiled mmcv's Python instead."""
+    from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
+
+    if mmcv_ext_is_compiled():
+        return
+    skip = pytest.mark.skip(reason="compiled mmcv's own kernels; tests/test_mmcv_kernels.py::"
+                                   "test_the_guards_on_compiled_mmcvs_kernels_pass_with_compiled_mmcv runs this")
+    for item in items:
+        if "compiled_mmcv" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,12 @@ from pisa_train.cli import infer as infer_cli
 from pisa_train.cli import train as train_cli
 from pisa_train.config.build import build_infer_config, build_test_config, build_train_config
 from pisa_train.engine.device import choose_amp_dtype
+from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
 from pisa_train.engine.patches.rebinding import upstream_of
+
+# mmcv's kernels here: compiled mmcv's, or with mmcv-lite (the default set-up) pisa-train's
+# (engine/torch_kernels.py), which has no soft-NMS and runs NMS on torchvision's CPU kernel.
+COMPILED_MMCV = mmcv_ext_is_compiled()
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="upstream's refusal is of machines without a GPU")
 
@@ -180,14 +185,17 @@ def _run_ops(ops, dtype):
     pooled = ops["roi_align"](features, rois.to(dtype), (7, 7), 0.25, 0, "avg", True)
     pooled.float().pow(2).sum().backward()
     dets, keep = ops["nms"](boxes.to(dtype), scores.to(dtype), 0.5)
-    soft_dets, soft_keep = ops["soft_nms"](boxes.to(dtype), scores.to(dtype), 0.3, min_score=0.05)
+    soft_dets, soft_keep = (ops["soft_nms"](boxes.to(dtype), scores.to(dtype), 0.3, min_score=0.05)
+                            if COMPILED_MMCV else (None, None))
     groups = ops["nms_match"](torch.cat([boxes, scores[:, None]], dim=1).to(dtype), 0.5)
     return dict(pooled=pooled, grad=features.grad, dets=dets, keep=keep, soft_dets=soft_dets, soft_keep=soft_keep,
                 groups=groups)
 
 
+@pytest.mark.compiled_mmcv
 def test_upstream_mmcv_kernels_refuse_bfloat16():
-    """mmcv 2.1.0's CPU kernels take no bfloat16; when this fails, mmcv_ops_in_float32.py may go."""
+    """mmcv 2.1.0's CPU kernels take no bfloat16; when this fails, mmcv_ops_in_float32.py may go (for
+    compiled mmcv; with mmcv-lite see the next test)."""
     features, rois = _roi_align_inputs()
     boxes, scores = _boxes(30)
     calls = {
@@ -207,6 +215,17 @@ def test_upstream_mmcv_kernels_refuse_bfloat16():
                for name in ("nms", "soft_nms", "nms_match")), refused
 
 
+def test_upstream_torchvision_cpu_nms_refuses_half_precision():
+    """With mmcv-lite, mmcv's NMS kernels are torchvision's (engine/torch_kernels.py), whose CPU kernel takes no
+    bfloat16 or float16 either: mmcv_ops_in_float32.py stays needed. When this fails, torchvision takes them."""
+    from pisa_train.engine import torch_kernels
+
+    boxes, scores = _boxes(30)
+    for dtype, name in ((torch.bfloat16, "BFloat16"), (torch.float16, "Half")):
+        with pytest.raises(RuntimeError, match=f"not implemented for '{name}'"):
+            torch_kernels.nms(boxes.to(dtype), scores.to(dtype), 0.5)
+
+
 def test_mmcv_ops_under_autocast_match_float32():
     from pisa_train.engine.patches.mmcv_ops_in_float32 import run_mmcv_ops_in_float32_under_autocast
 
@@ -220,10 +239,11 @@ def test_mmcv_ops_under_autocast_match_float32():
     assert reference["pooled"].abs().sum() > 0 and reference["grad"].abs().sum() > 0
     assert torch.equal(mixed["keep"], reference["keep"]) and 0 < len(reference["keep"]) < 300
     torch.testing.assert_close(mixed["dets"].float(), reference["dets"])  # the same numbers, kept
-    assert torch.equal(mixed["soft_keep"], reference["soft_keep"])
-    torch.testing.assert_close(mixed["soft_dets"].float(), reference["soft_dets"], rtol=1e-2, atol=1e-2)
+    if COMPILED_MMCV:  # mmcv-lite has no soft-NMS kernel
+        assert torch.equal(mixed["soft_keep"], reference["soft_keep"])
+        torch.testing.assert_close(mixed["soft_dets"].float(), reference["soft_dets"], rtol=1e-2, atol=1e-2)
     assert [group.tolist() for group in mixed["groups"]] == [group.tolist() for group in reference["groups"]]
-    # Without autocast they are mmcv's own: float32 in, float32 out, bfloat16 still refused.
+    # Without autocast they are the kernels' own: float32 in, float32 out, bfloat16 still refused.
     with pytest.raises(RuntimeError, match="BFloat16"):
         _run_ops(_mmcv_ops(), torch.bfloat16)
 
@@ -273,9 +293,12 @@ def _classes(count, seed=1):
                                    "destination and Float for the source"),
     (torch.float32, torch.bfloat16, "Index put requires the source and destination dtypes match, got BFloat16 for "
                                     "the destination and Float for the source"),
-    # The other way round, it fails earlier, in mmcv's CPU kernel (the port passes both in float32).
-    (torch.float16, torch.float32, "expected scalar type Float but found Half"),
-    (torch.bfloat16, torch.float32, "expected scalar type Float but found BFloat16"),
+    # The other way round, it fails earlier, in the CPU kernel (the port passes both in float32): compiled
+    # mmcv's, or with mmcv-lite torchvision's.
+    (torch.float16, torch.float32, "expected scalar type Float but found Half" if COMPILED_MMCV
+     else "\"nms_kernel\" not implemented for 'Half'"),
+    (torch.bfloat16, torch.float32, "expected scalar type Float but found BFloat16" if COMPILED_MMCV
+     else "\"nms_kernel\" not implemented for 'BFloat16'"),
 ])
 def test_upstream_batched_nms_still_clashes_on_mixed_dtypes(boxes_dtype, scores_dtype, clash):
     """The clash reproduced on the CPU; when this fails, mmcv has PR #3332 and the patch can go."""
@@ -378,9 +401,10 @@ def test_eval_and_infer_with_amp_run_the_model_in_bfloat16(tmp_path):
 
     def evaluate(*flags) -> np.ndarray:
         work_dir = tmp_path / f"eval{'_amp' if flags else ''}"
-        # --ops-backend mmcv: the demo config asks for torchvision's RoIAlign on the CPU; this runs mmcv's.
-        result = run_command("evaluate", tiny_eval(checkpoint, work_dir, "--ops-backend", "mmcv", *flags),
-                             cwd=tmp_path)
+        # --ops-backend mmcv: the demo config asks for torchvision's RoIAlign on the CPU; this runs compiled
+        # mmcv's. With mmcv-lite, RoIAlign is torchvision's and NMS goes through mmcv's op to torchvision's.
+        backend = ["--ops-backend", "mmcv"] if COMPILED_MMCV else []
+        result = run_command("evaluate", tiny_eval(checkpoint, work_dir, *backend, *flags), cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"precision: {'bfloat16 autocast (--amp)' if flags else 'float32'}" in result.stdout
         return np.array([entry["score"] for entry in json.loads(

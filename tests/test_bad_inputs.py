@@ -1,4 +1,4 @@
-"""The rows of the README's bad-input table that need a real run: broken data, broken or foreign
+"""The rows of the bad-input table (docs/cli.md) that need a real run: broken data, broken or foreign
 checkpoints, a checkpoint whose pickle runs code. Each is one line on stderr and
 its exit code. Slow (a real process each); CI runs them. The other rows are tested in
 test_cli.py, test_config_options.py, test_error_reporting.py and test_interrupted_training.py."""

@@ -24,14 +24,21 @@ def test_doctor_without_a_config_reports_the_environment(capsys, tmp_path):
     import torch
     from mmcv.ops import get_compiling_cuda_version
 
+    from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
+
     assert main(["--doctor", "--work-dir", str(tmp_path / "not" / "yet")]) == 0
     out = capsys.readouterr().out
     assert f"python: {platform.python_version()}" in out
     assert f"torch: {torch.__version__}" in out
     for name, module in (("mmcv", mmcv), ("mmdet", mmdet), ("mmengine", mmengine)):
         assert f"{name}: {module.__version__}" in out
-    has_cuda_kernels = get_compiling_cuda_version() != "not available"
-    assert f"CPU kernels: yes; CUDA kernels: {'yes' if has_cuda_kernels else 'no'}" in out
+    if mmcv_ext_is_compiled():
+        has_cuda_kernels = get_compiling_cuda_version() != "not available"
+        assert f"mmcv ops: compiled; CPU kernels: yes; CUDA kernels: {'yes' if has_cuda_kernels else 'no'}" in out
+    else:
+        assert ("ok      mmcv ops: mmcv-lite, without compiled ops: RoIAlign, NMS and nms_match run on torchvision's "
+                "and torch's kernels") in out
+        assert "RoIAlign/NMS kernels: --ops-backend auto uses torchvision's on cpu" in out or torch.cuda.is_available()
     assert ("GPU 0:" in out) == (torch.cuda.device_count() > 0)
     assert f"at {tmp_path}" in out and "GiB free" in out  # the nearest existing folder of the work dir
     assert "MISSING" not in out

@@ -175,7 +175,9 @@ def test_a_second_sigint_stops_at_once_with_exit_130_and_saves_nothing(tmp_path)
     work_dir = tmp_path / "work"
     log = tmp_path / "run.log"
     # Checkpoints every 100 iterations: any checkpoint would be the first signal's.
-    proc = start(tiny_demo(work_dir, 100, options=["default_hooks.checkpoint.interval=100"]), tmp_path, log)
+    # Iterations of 3 s (fault injection): the second SIGINT always comes within the one under way.
+    proc = start(tiny_demo(work_dir, 100, options=["default_hooks.checkpoint.interval=100"]), tmp_path, log,
+                 faults={"PISA_TEST_SLOW_ITER_SECONDS": "3"})
     assert wait_for(lambda: logged_iteration(log.read_text(), 3, 100), proc, timeout=120), log.read_text()[-3000:]
     proc.send_signal(signal.SIGINT)
     assert wait_for(lambda: "SIGINT received" in log.read_text(), proc, timeout=30), log.read_text()[-3000:]

@@ -40,6 +40,29 @@ def test_mmcv_backend_without_its_kernels_is_an_environment_problem():
         choose_ops_backend("tensorrt", "cpu", kernels_for({"cpu"}))
 
 
+def test_mmcv_backend_with_mmcv_lite_is_refused_in_one_line():
+    from pisa_train.engine.device import MMCV_LITE
+
+    with pytest.raises(EnvironmentProblem) as raised:
+        choose_ops_backend("mmcv", "cpu", MmcvKernels(frozenset(), MMCV_LITE))
+    assert str(raised.value) == (
+        "--ops-backend mmcv asked for, but this environment has mmcv-lite, without compiled ops: RoIAlign, NMS and "
+        "nms_match run on torchvision's and torch's kernels; use --ops-backend auto (torchvision's kernels), or "
+        "install compiled mmcv with make setup MMCV=compiled")
+    assert choose_ops_backend("auto", "cuda", MmcvKernels(frozenset(), MMCV_LITE)) == "torchvision"
+
+
+def test_this_environment_reports_its_kernels_as_what_imports_as_mmcv_ext():
+    import sys
+
+    from pisa_train.engine.device import MMCV_LITE, mmcv_kernels
+    from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
+
+    kernels = mmcv_kernels()
+    assert (kernels.description == MMCV_LITE) == (not mmcv_ext_is_compiled())
+    assert (kernels.devices == frozenset()) == getattr(sys.modules["mmcv._ext"], "provided_by_pisa_train", False)
+
+
 # ---- the config rewrite (pure) ---------------------------------------------------------------
 
 def _model_cfg():
@@ -267,21 +290,31 @@ def test_pisa_train_and_pisa_eval_hand_the_backend_to_the_config(tmp_path):
     from pisa_train.cli import evaluate, train
     from pisa_train.config.build import build_test_config, build_train_config
 
+    from pisa_train.engine.device import MMCV_LITE
+
+    compiled_cpu = kernels_for({"cpu"})
+    lite = MmcvKernels(frozenset(), MMCV_LITE)
     checkpoint = tmp_path / "w.pth"
     checkpoint.write_bytes(b"")
     for module, build, argv in ((train, build_train_config, [str(DEMO_CONFIG)]),
                                 (evaluate, build_test_config, [str(DEMO_CONFIG), str(checkpoint)])):
         args = module.build_parser().parse_args([*argv, "--ops-backend", "torchvision"])
-        cfg, _ = build(args, "cpu")
-        assert cfg.ops_backend == "torchvision", module.__name__
-        assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
-        # auto on the CPU, where mmcv has kernels in every build: the config's own choice stands
-        # (the demo config asks for torchvision's RoIAlign; the X101 config for mmcv's).
-        default, _ = build(module.build_parser().parse_args(argv), "cpu")
+        for kernels in (compiled_cpu, lite):
+            cfg, _ = build(args, "cpu", kernels)
+            assert cfg.ops_backend == "torchvision", module.__name__
+            assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
+        # auto on the CPU with compiled mmcv, which has CPU kernels in every build: the config's own choice
+        # stands (the demo config asks for torchvision's RoIAlign; the X101 config for mmcv's).
+        default, _ = build(module.build_parser().parse_args(argv), "cpu", compiled_cpu)
         assert "ops_backend" not in default
         assert default.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
-        forced, _ = build(module.build_parser().parse_args([*argv, "--ops-backend", "mmcv"]), "cpu")
+        forced, _ = build(module.build_parser().parse_args([*argv, "--ops-backend", "mmcv"]), "cpu", compiled_cpu)
         assert forced.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is False
+        # With mmcv-lite, auto is torchvision's kernels everywhere, and mmcv's cannot be asked for.
+        default, _ = build(module.build_parser().parse_args(argv), "cpu", lite)
+        assert default.ops_backend == "torchvision"
+        with pytest.raises(EnvironmentProblem, match="this environment has mmcv-lite"):
+            build(module.build_parser().parse_args([*argv, "--ops-backend", "mmcv"]), "cpu", lite)
 
 
 @pytest.mark.parametrize("requested, device, kernels, expected", [

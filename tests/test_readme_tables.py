@@ -1,5 +1,5 @@
-"""The README's bad-input table names, for each row, the test that checks it: those tests must exist,
-and must hold the row's message (or the table promises checks that nobody runs)."""
+"""The bad-input table (docs/cli.md, moved there from the README) names, for each row, the test that checks
+it: those tests must exist, and must hold the row's message (or the table promises checks that nobody runs)."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-# A README message shows one example of a line whose paths, names and numbers vary: these are the
+# A table message shows one example of a line whose paths, names and numbers vary: these are the
 # parts a test writes otherwise (f-strings, tmp_path), so only the words between them are compared.
 VARYING = re.compile(r"\S*[/\\]\S*|\S*\d\S*|'[^'\s]*'|\.\.\.|\(\.\.\.\)|~\S*|\S+\.(?:py|pth|json|jpg|png)\b\S*"
                      r"|\bSIG[A-Z]+\b")
@@ -17,8 +17,8 @@ MIN_WORDS = 4  # shorter runs of words ("not found;") say too little to name a r
 
 
 def bad_input_rows() -> list[str]:
-    readme = (REPO_ROOT / "README.md").read_text()
-    table = readme.split("### Bad inputs and what they get", 1)[1].split("\n## ", 1)[0]
+    cli_reference = (REPO_ROOT / "docs" / "cli.md").read_text()
+    table = cli_reference.split("### Bad inputs and what they get", 1)[1].split("\n## ", 1)[0]
     return [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| input")
             and not line.startswith("| ---")]
 
@@ -63,7 +63,7 @@ def _render(node: ast.AST) -> str | None:
 def strings_of_test(path, name: str) -> str:
     """Every string the test function holds (its parametrize lists too), and those of the module-level
     functions and constants it uses, f-string fields as ``{}``; parentheses, backquotes (which a
-    README code span cannot show) and spacing folded."""
+    markdown code span cannot show) and spacing folded."""
     tree = ast.parse(path.read_text())
     top = {node.name if hasattr(node, "name") else getattr(node.targets[0], "id", None): node
            for node in tree.body if isinstance(node, (ast.FunctionDef, ast.Assign))}
@@ -85,7 +85,7 @@ def test_every_test_the_bad_input_table_names_exists():
             tree = ast.parse((REPO_ROOT / "tests" / file_name).read_text())
             if name not in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}:
                 missing.append(f"{file_name}::{name}")
-    assert not missing, f"the README's bad-input table names tests that do not exist: {missing}"
+    assert not missing, f"the bad-input table (docs/cli.md) names tests that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("row", bad_input_rows(), ids=lambda row: row.split(" | ")[0].strip("| ")[:60])

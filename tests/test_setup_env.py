@@ -1,5 +1,6 @@
-"""tools/setup_env.py: the Pythons it accepts, the mmcv sdist patches, the wheelhouse and (slow) an
-offline install from a wheelhouse onto a machine's own torch, which then trains the demo."""
+"""tools/setup_env.py: the Pythons it accepts, the mmcv sdist patches, the wheelhouse and (slow) real
+installs onto a machine's own torch: the default set-up with no compiler on PATH, `pip install` of the
+package, and an offline install from a wheelhouse, each of which then runs mmcv's ops or trains the demo."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -48,7 +49,7 @@ def test_pythons_outside_3_10_to_3_13_are_refused_with_the_ones_that_work():
     with pytest.raises(setup_env.SetupFailed) as new:
         setup_env.check_python_version((3, 14, 0), python="python3.14")
     assert str(new.value) == (
-        "python3.14 is Python 3.14.0; the set-up is proven on Python 3.10 to 3.13 (README, 'Python versions'), "
+        "python3.14 is Python 3.14.0; the set-up is proven on Python 3.10 to 3.13 (docs/getting_started.md, 'Python versions'), "
         "and newer Pythons have broken mmcv 2.1.0's setup.py before (3.13's PEP 667): run make setup "
         "PYTHON=python3.11, or set PISA_TRAIN_UNTESTED_PYTHON=1 to try this one")
 
@@ -72,7 +73,7 @@ def test_pyproject_is_read_on_python_3_10_without_tomllib_or_tomli():
     """Python 3.10 has no tomllib, and a fresh 3.10 no tomli: the set-up uses the tomli inside pip."""
     code = ("import sys; sys.modules['tomllib'] = None; sys.modules['tomli'] = None\n"
             f"sys.path.insert(0, {str(REPO_ROOT / 'tools')!r}); import setup_env\n"
-            "pins = setup_env.read_pins(); print(pins['torch'], pins['pinned']['mmcv'], pins['torch_floor'])")
+            "pins = setup_env.read_pins(); print(pins['torch'], pins['pinned']['mmcv-lite'], pins['torch_floor'])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2.14.1", "2.1.0", "2.1"]
@@ -81,7 +82,7 @@ def test_pyproject_is_read_on_python_3_10_without_tomllib_or_tomli():
 @pytest.fixture(scope="module")
 def mmcv_sdist():
     """mmcv 2.1.0's sdist as the set-up gets it (the cache, else the package index)."""
-    return setup_env.mmcv_sdist(setup_env.read_pins()["pinned"]["mmcv"])
+    return setup_env.mmcv_sdist(setup_env.compiled_mmcv_version(setup_env.read_pins()))
 
 
 def test_upstream_mmcv_2_1_0_setup_py_is_patched_for_cpp20_and_python_3_13(mmcv_sdist, tmp_path, monkeypatch):
@@ -297,20 +298,90 @@ def _machine_python_with_torch(root: Path) -> Path:
     return root / "bin" / "python"
 
 
+def _without_compilers(tmp_path: Path) -> dict:
+    """The environment of a machine with no C/C++ compiler and no nvcc: a PATH of a few plain tools,
+    CC and CXX pointing at /bin/false, an empty pisa-train cache (no mmcv wheel to reuse)."""
+    bin_dir = tmp_path / "bin-without-compilers"
+    bin_dir.mkdir()
+    for tool in ("sh", "env", "uname", "ls", "cat"):
+        if shutil.which(tool):
+            os.symlink(shutil.which(tool), bin_dir / tool)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PIP_", "CUDA_"))}
+    env.update(PATH=str(bin_dir), CC="/bin/false", CXX="/bin/false", PYTHONPATH="",
+               PISA_TRAIN_CACHE=str(tmp_path / "empty-pisa-train-cache"))
+    return env
+
+
+CHECK_THE_OPS = ("import pisa_train, torch, mmdet.models\n"
+                 "from mmcv.ops import batched_nms, nms_match, roi_align\n"
+                 "boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])\n"
+                 "scores = torch.tensor([0.9, 0.8, 0.7])\n"
+                 "print(batched_nms(boxes, scores, torch.tensor([0, 0, 1]), dict(iou_threshold=0.5))[1].tolist(),\n"
+                 "      [g.tolist() for g in nms_match(torch.cat([boxes, scores[:, None]], 1), 0.5)])\n"
+                 "features = torch.rand(1, 2, 8, 8, requires_grad=True)\n"
+                 "roi_align(features, torch.tensor([[0., 1., 1., 6., 6.]]), (2, 2), 1.0, 2).sum().backward()\n"
+                 "print(features.grad.abs().sum() > 0)\n")
+
+
+@pytest.mark.slow
+def test_the_default_set_up_compiles_nothing_and_trains_the_demo(tmp_path):
+    """`tools/setup_env.py` (what make setup runs) on a machine with no C/C++ compiler or nvcc on PATH
+    (CC and CXX are /bin/false) and an empty pisa-train cache, run by a Python that has torch and torchvision
+    and nothing of ours: mmcv-lite is installed, mmcv's RoIAlign (forward and backward), batched_nms and
+    nms_match run, and the demo trains 2 iterations. 2 to 4 minutes on 2 cores."""
+    machine_python = _machine_python_with_torch(tmp_path / "machine")
+    clone = _clone(tmp_path / "clone")
+    env = _without_compilers(tmp_path)
+    installed = subprocess.run([str(machine_python), "tools/setup_env.py", "--use-system-torch"], cwd=clone,
+                               env=env, capture_output=True, text=True, timeout=1200)
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    assert "mmcv 2.1.0 (mmcv-lite) (kernels: torchvision and torch)" in installed.stdout
+    assert "building mmcv" not in installed.stdout
+    assert not (tmp_path / "empty-pisa-train-cache").exists()  # no mmcv wheel built or looked for
+    venv_python = clone / ".venv" / "bin" / "python"
+    names = json.loads(subprocess.run([str(venv_python), "-m", "pip", "list", "--format", "json"], env=env,
+                                      capture_output=True, text=True, check=True).stdout)
+    assert {"mmcv-lite", "mmdet", "mmengine"} <= {entry["name"] for entry in names}
+    assert "mmcv" not in {entry["name"] for entry in names}
+    ran = subprocess.run([str(venv_python), "-c", CHECK_THE_OPS], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert ran.stdout.splitlines() == ["[0, 2, 1] [[0, 1], [2]]", "tensor(True)"], ran.stderr[-3000:]
+    trained = subprocess.run([str(clone / ".venv" / "bin" / "pisa-train"), "configs/pisa_faster_rcnn_r18_fpn_"
+                              "demo_shapes.py", "--max-iters", "2", "--work-dir", str(tmp_path / "work")],
+                             cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "RoIAlign and NMS kernels: torchvision" in trained.stdout + trained.stderr
+    assert (tmp_path / "work" / "iter_2.pth").is_file()
+
+
+@pytest.mark.slow
+def test_pip_install_of_the_package_brings_every_dependency_and_compiles_nothing(tmp_path):
+    """`pip install .` into an environment that has torch and torchvision, with no compiler on PATH: pisa-train
+    and every dependency install from wheels, the console commands answer, and mmcv's ops run. 1 to 3 minutes."""
+    machine_python = _machine_python_with_torch(tmp_path / "machine")
+    clone = _clone(tmp_path / "clone")
+    env = _without_compilers(tmp_path)
+    subprocess.run([str(machine_python), "-m", "ensurepip", "--quiet"], env=env, check=True, timeout=300)
+    installed = subprocess.run([str(machine_python), "-m", "pip", "install", "--quiet", str(clone)], cwd=tmp_path,
+                               env=env, capture_output=True, text=True, timeout=1200)
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    checked = subprocess.run([str(machine_python), "-m", "pip", "check"], env=env, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+    ran = subprocess.run([str(machine_python), "-c", CHECK_THE_OPS], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert ran.stdout.splitlines() == ["[0, 2, 1] [[0, 1], [2]]", "tensor(True)"], ran.stderr[-3000:]
+    helped = subprocess.run([str(tmp_path / "machine" / "bin" / "pisa-train"), "--help"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: pisa-train"), helped.stderr
+
+
 @pytest.mark.slow
 def test_a_wheelhouse_from_one_clone_installs_another_offline_on_the_machines_torch_which_trains(tmp_path):
-    """The offline install, as on a GPU cluster without network (README, 'Offline install'): a fresh clone
+    """The offline install, as on a GPU cluster without network (docs/getting_started.md, 'Offline install'): a fresh clone
     writes a wheelhouse for a machine whose `pip freeze` it is given; a second fresh clone, run by that
     machine's Python (torch preinstalled, nothing else of ours), installs from the wheelhouse alone with
-    PIP_NO_INDEX=1 and no pip configuration, using the mmcv wheel cached for this torch (CPU ops here),
-    and the demo trains 2 iterations. 3 to 6 minutes on 2 cores."""
-    torch_info = {"torch": importlib.metadata.version("torch").split("+")[0], "cuda": None, "gpu": False,
-                  "capabilities": [], "python": "cp%d%d" % sys.version_info[:2]}
-    os.environ.pop("PISA_MMCV_CUDA", None)
-    plan = setup_env.mmcv_build_plan(torch_info)
-    if setup_env.cached_wheel(plan) is None:
-        pytest.skip(f"no cached mmcv wheel {plan['wheel_dir']}: this test would build mmcv (5 to 25 minutes)")
-
+    PIP_NO_INDEX=1 and no pip configuration, with mmcv-lite (nothing to build), and the demo trains 2
+    iterations. 3 to 6 minutes on 2 cores."""
     machine_python = _machine_python_with_torch(tmp_path / "machine")
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--path",
                              str(next((tmp_path / "machine" / "lib").glob("python3*/site-packages")))],
@@ -328,7 +399,8 @@ def test_a_wheelhouse_from_one_clone_installs_another_offline_on_the_machines_to
     files = {entry["file"]: entry for entry in manifest["files"]}
     assert sorted(files) == sorted(p.name for p in house.iterdir() if p.name != "manifest.json")
     assert manifest["total_bytes"] == sum(p.stat().st_size for p in house.iterdir() if p.name != "manifest.json")
-    assert "mmcv-2.1.0.tar.gz" in files and any(name.startswith("mmdet-3.3.0-") for name in files)
+    assert "mmcv_lite-2.1.0-py2.py3-none-any.whl" in files and any(name.startswith("mmdet-3.3.0-") for name in files)
+    assert not any(name.startswith("mmcv-") for name in files)  # no sdist: nothing is built on the target
     names = {wheelhouse.distribution_of(name) for name in files}
     assert not names & {"torch", "torchvision", "numpy", "pillow", "sympy"}  # the machine has them
     assert {"numpy", "pillow"} <= set(manifest["left_out_as_the_target_has_them"])
@@ -341,7 +413,7 @@ def test_a_wheelhouse_from_one_clone_installs_another_offline_on_the_machines_to
                                 "--use-system-torch"], cwd=second, env=env, capture_output=True, text=True,
                                timeout=1200)
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
-    assert f"using the cached mmcv wheel {setup_env.cached_wheel(plan)}" in installed.stdout
+    assert "(kernels: torchvision and torch)" in installed.stdout
     venv_python = second / ".venv" / "bin" / "python"
     where = json.loads(subprocess.run(
         [str(venv_python), "-c", "import json, torch, mmcv, mmdet, pisa_train; print(json.dumps({m.__name__: "

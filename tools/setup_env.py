@@ -6,21 +6,27 @@ What it does, in order (each step is skipped when already done):
 1. creates ``.venv/`` in the repository root with the Python running this script;
 2. installs torch and torchvision (the pair named in pyproject.toml's
    ``[tool.pisa-train.setup]``, or ``TORCH_VERSION`` / ``TORCHVISION_VERSION``);
-3. installs mmcv with its compiled ops from a cached wheel, building the wheel
-   from mmcv's sdist first when no wheel matches this mmcv, torch, CPU/CUDA and
-   Python (the build takes 5 to 25 minutes on 2 cores; the wheel is cached
-   outside the repository, so the next set-up on this machine takes minutes);
-4. installs mmdet, mmengine, pycocotools, openmim and pisa-train itself, with
-   the versions pinned in pyproject.toml, without downgrading anything;
-5. checks the result: mmcv's ops run, and ``pip check`` reports nothing but the
-   one documented exception.
+3. installs mmdet, mmengine, mmcv-lite, pycocotools and pisa-train itself, with
+   the versions pinned in pyproject.toml, without downgrading anything. Nothing is
+   compiled: mmcv-lite is mmcv's Python code, and pisa-train answers the kernels
+   its models call with torchvision's and torch's
+   (pisa_train/engine/patches/mmcv_ext_from_torchvision.py);
+4. checks the result: mmcv's RoIAlign, NMS and nms_match run, and ``pip check``
+   reports nothing.
 
-Offline install (README, "Offline install"):
+``--mmcv compiled`` (``make setup MMCV=compiled``) installs mmcv with its compiled
+ops instead of mmcv-lite, for upstream's exact kernels: from a cached wheel, built
+from mmcv's sdist first when no wheel matches this mmcv, torch, CPU/CUDA and Python
+(5 to 25 minutes on 2 cores, with a C++ compiler, and nvcc for CUDA kernels; the
+wheel is cached outside the repository, so the next set-up on this machine takes
+minutes).
+
+Offline install (docs/getting_started.md, "Offline install"):
 
     setup_env.py --wheelhouse DIR [--target-has FREEZE] [--target-python X.Y]
         writes every file the install needs except torch/torchvision into DIR
         (tools/wheelhouse.py), leaving out what the target's `pip freeze` lists;
-    setup_env.py --offline DIR [--use-system-torch] [--venv DIR]
+    setup_env.py --offline DIR [--use-system-torch] [--venv DIR] [--mmcv compiled]
         installs from DIR alone (pip --no-index); --use-system-torch makes the
         venv see the packages of the Python running this script, torch among
         them, instead of installing torch (--system-site-packages, or, when that
@@ -65,20 +71,27 @@ OFFLINE_FROM: Path | None = None
 # A .pth file in the venv naming the site-packages of the Python that ran the set-up, when that
 # Python is itself a venv (whose packages --system-site-packages would not show).
 SYSTEM_PACKAGES_PTH = "_pisa_train_system_packages.pth"
-# The build tools the set-up installs into the venv before building mmcv.
-BUILD_TOOLS = ("pip", "wheel", "ninja")
+# What the set-up installs into the venv first: pip, and setuptools for pisa-train's editable install.
+BASE_TOOLS = ("pip",)
+# And before building mmcv (--mmcv compiled).
+BUILD_TOOLS = ("wheel", "ninja")
+MMCV_CHOICES = ("lite", "compiled")
 # Written beside each mmcv wheel the set-up builds: how long it took, with what (tools/gpu_check.py reads it).
 BUILD_RECORD = "build.json"
 
 # pip messages that pip check may print and that we accept, with the reason in
-# the README ("Environment notes"). Anything else fails the set-up.
-ACCEPTED_PIP_CHECK_LINES = (
-    # openmim's dependency opendatalab pulls in openxlab, which would downgrade
-    # setuptools below what torch needs; mim's commands that we use work without it.
-    re.compile(r"^openmim [\d.]+ requires opendatalab, which is not installed\.$"),
-)
+# docs/getting_started.md ("Environment notes"). Anything else fails the set-up.
+# With --mmcv compiled, mmcv replaces the mmcv-lite that pisa-train's package requires: the same
+# Python code, plus the compiled ops.
+# A venv set up before mmcv-lite became the default holds openmim without its opendatalab (installed so,
+# as openxlab downgraded setuptools); pisa-train no longer installs openmim, and leaves it be.
+OLD_OPENMIM = re.compile(r"^openmim [\d.]+ requires opendatalab, which is not installed\.$")
+ACCEPTED_PIP_CHECK_LINES = {
+    "lite": (OLD_OPENMIM,),
+    "compiled": (OLD_OPENMIM, re.compile(r"^pisa-train [\d.]+ requires mmcv-lite, which is not installed\.$")),
+}
 
-# The Pythons the set-up is measured on (README, "Python versions"). Below 3.10 there is no
+# The Pythons the set-up is measured on (docs/getting_started.md, "Python versions"). Below 3.10 there is no
 # torch 2.14 and pisa-train's code needs 3.10.
 SUPPORTED_PYTHONS = ((3, 10), (3, 13))
 TORCH_FLOOR_NOTE = "2.14 has no wheels for older Pythons, and pisa-train's code needs 3.10"
@@ -122,7 +135,7 @@ def check_python_version(version_info=sys.version_info, python: str = sys.execut
     if tuple(version_info[:2]) > newest and not os.environ.get("PISA_TRAIN_UNTESTED_PYTHON"):
         raise SetupFailed(
             f"{python} is Python {version}; the set-up is proven on Python {oldest[0]}.{oldest[1]} "
-            f"to {newest[0]}.{newest[1]} (README, 'Python versions'), and newer Pythons have broken mmcv "
+            f"to {newest[0]}.{newest[1]} (docs/getting_started.md, 'Python versions'), and newer Pythons have broken mmcv "
             f"2.1.0's setup.py before (3.13's PEP 667): run make setup PYTHON=python3.11, or set "
             f"PISA_TRAIN_UNTESTED_PYTHON=1 to try this one")
 
@@ -144,7 +157,6 @@ def read_pins() -> dict:
         "torch": os.environ.get("TORCH_VERSION") or setup["torch"],
         "torchvision": os.environ.get("TORCHVISION_VERSION") or setup["torchvision"],
         "build_setuptools": setup["build-setuptools"],
-        "openmim_dependencies": setup["openmim-dependencies"],
         "test_dependencies": setup["test-dependencies"],
     }
 
@@ -249,13 +261,14 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
-def install_build_tools(pins: dict) -> None:
-    say(f"installing pip, setuptools{pins['build_setuptools']}, wheel and ninja (needed to build mmcv)")
-    pip("install", "--quiet", "--upgrade", *build_tool_requirements(pins))
+def install_build_tools(pins: dict, mmcv: str) -> None:
+    tools = build_tool_requirements(pins, mmcv)
+    say(f"installing {', '.join(tools)}" + (" (needed to build mmcv)" if mmcv == "compiled" else ""))
+    pip("install", "--quiet", "--upgrade", *tools)
 
 
-def build_tool_requirements(pins: dict) -> list[str]:
-    return [*BUILD_TOOLS, f"setuptools{pins['build_setuptools']}"]
+def build_tool_requirements(pins: dict, mmcv: str) -> list[str]:
+    return [*BASE_TOOLS, *(BUILD_TOOLS if mmcv == "compiled" else ()), f"setuptools{pins['build_setuptools']}"]
 
 
 def install_torch(pins: dict) -> None:
@@ -313,7 +326,7 @@ def mmcv_build_plan(torch_info: dict) -> dict:
     flavour = "cpu"
     if with_cuda:
         flavour = "cu" + torch_info["cuda"].replace(".", "") + "-sm" + arch_list.replace(".", "").replace(";", "-").replace("+PTX", "ptx")
-    mmcv_version = read_pins()["pinned"]["mmcv"]
+    mmcv_version = compiled_mmcv_version(read_pins())
     key = f"mmcv-{mmcv_version}_torch-{torch_info['torch']}_{flavour}_{torch_info['python']}_{os.uname().machine}"
     return {"with_cuda": with_cuda, "arch_list": arch_list, "cpu_only_reason": cpu_only_reason, "nvcc": nvcc, "key": key,
             "mmcv_version": mmcv_version, "wheel_dir": cache_dir() / "wheels" / key}
@@ -366,7 +379,7 @@ def mmcv_sdist(version: str) -> Path:
         try:
             package_index.download_sdist("mmcv", version, cached.parent)
         except package_index.IndexProblem as problem:
-            raise SetupFailed(f"{problem}; check the network (or install offline: README, 'Offline install')")
+            raise SetupFailed(f"{problem}; check the network (or install offline: docs/getting_started.md, 'Offline install')")
     return cached
 
 
@@ -467,35 +480,48 @@ def obtain_mmcv_wheel(plan: dict, pins: dict) -> Path:
         return build_mmcv_wheel(plan, pins)
 
 
-def package_requirements(pins: dict) -> list[str]:
-    """What the set-up installs besides torch, mmcv and openmim (the wheelhouse holds the same)."""
-    requirements = [r for r in pins["requirements"] if not re.match(r"^(mmcv|openmim|torch|torchvision)\b", r)]
-    return requirements + pins["openmim_dependencies"] + pins["test_dependencies"]
+def compiled_mmcv_version(pins: dict) -> str:
+    """Compiled mmcv is the release whose Python code mmcv-lite carries: one pin for both."""
+    return pins["pinned"]["mmcv-lite"]
 
 
-def openmim_requirement(pins: dict) -> str:
-    return f"openmim=={pins['pinned']['openmim']}"
+def package_requirements(pins: dict, mmcv: str) -> list[str]:
+    """What the set-up installs besides torch, torchvision and a compiled mmcv (the wheelhouse holds the
+    same): pyproject.toml's dependencies, mmcv-lite left out where compiled mmcv takes its place."""
+    left_out = ("torch", "torchvision") + (("mmcv-lite",) if mmcv == "compiled" else ())
+    requirements = [r for r in pins["requirements"] if re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0] not in left_out]
+    return requirements + pins["test_dependencies"]
 
 
-def install_packages(pins: dict, mmcv_wheel: Path, torch_info: dict) -> None:
+def install_packages(pins: dict, mmcv_wheel: Path | None, torch_info: dict) -> None:
+    """pyproject.toml's dependencies and pisa-train (editable); with ``mmcv_wheel``, compiled mmcv from it
+    in mmcv-lite's place."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
         # Nothing installed below may replace the torch pair or the build tools.
         constraints.write(f"torch=={torch_info['torch']}\ntorchvision=={torch_info['torchvision']}\n"
                           f"setuptools{pins['build_setuptools']}\n")
     try:
-        installed_mmcv = installed_version("mmcv")
-        say(f"installing mmcv from {mmcv_wheel.name}" if installed_mmcv != pins["pinned"]["mmcv"]
-            else "mmcv already installed; checking the other packages")
-        if installed_mmcv and not mmcv_is_the_venvs_own():
-            # The venv sees another environment's mmcv (--use-system-torch; gpu_check's CPU-only
-            # venv beside a CUDA one): pip would call that one good enough. Put this wheel in front.
-            say(f"installing {mmcv_wheel.name} into {shown_path(VENV)}/, in front of the mmcv it sees outside it")
-            pip("install", "--quiet", "--no-deps", "--force-reinstall", str(mmcv_wheel))
-        requirements = package_requirements(pins)
+        requirements = package_requirements(pins, "compiled" if mmcv_wheel else "lite")
+        if mmcv_wheel:
+            if installed_version("mmcv-lite"):
+                # Both install the package mmcv: the compiled one replaces the lite one, not beside it.
+                say("removing mmcv-lite: compiled mmcv takes its place")
+                pip("uninstall", "--quiet", "--yes", "mmcv-lite")
+            installed_mmcv = installed_version("mmcv")
+            say(f"installing mmcv from {mmcv_wheel.name}" if installed_mmcv != compiled_mmcv_version(pins)
+                else "compiled mmcv already installed; checking the other packages")
+            if installed_mmcv and not mmcv_is_the_venvs_own():
+                # The venv sees another environment's mmcv (--use-system-torch; gpu_check's CPU-only
+                # venv beside a CUDA one): pip would call that one good enough. Put this wheel in front.
+                say(f"installing {mmcv_wheel.name} into {shown_path(VENV)}/, in front of the mmcv it sees outside it")
+                pip("install", "--quiet", "--no-deps", "--force-reinstall", str(mmcv_wheel))
+            requirements = [str(mmcv_wheel), *requirements]
+        elif installed_version("mmcv"):
+            # A venv set up with MMCV=compiled before: back to mmcv-lite, whose files are the same package.
+            say("removing compiled mmcv: mmcv-lite takes its place (make setup MMCV=compiled brings it back)")
+            pip("uninstall", "--quiet", "--yes", "mmcv")
         say("installing " + ", ".join(requirements) + (f" from {OFFLINE_FROM} (no index)" if OFFLINE_FROM else ""))
-        pip("install", "--quiet", "-c", constraints.name, str(mmcv_wheel), *requirements)
-        say(f"installing {openmim_requirement(pins)} without openxlab (it would downgrade setuptools)")
-        pip("install", "--quiet", "--no-deps", openmim_requirement(pins))
+        pip("install", "--quiet", "-c", constraints.name, *requirements)
         say("installing pisa-train (editable)")
         pip("install", "--quiet", "--no-deps", "--no-build-isolation", "-e", str(REPO_ROOT))
     finally:
@@ -508,10 +534,50 @@ def mmcv_is_the_venvs_own() -> bool:
     return Path(where).resolve().is_relative_to(VENV.resolve())
 
 
-def verify_environment() -> dict:
+# Run in the new venv, after `import pisa_train` (which provides mmcv._ext where mmcv has none): the kernels
+# mmcv-lite's ops get from torchvision and torch run, forward and backward, and give the known answers.
+CHECK_KERNELS_WITHOUT_COMPILED_MMCV = (
+    "import json, torch, pisa_train, mmcv, mmdet, mmengine\n"
+    "from mmcv.ops import batched_nms, nms, nms_match, roi_align\n"
+    "from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled\n"
+    "assert not mmcv_ext_is_compiled()\n"
+    "boxes, scores = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]]), "
+    "torch.tensor([0.9, 0.8, 0.7])\n"
+    "assert nms(boxes, scores, 0.5)[1].tolist() == [0, 2]\n"
+    "assert batched_nms(boxes, scores, torch.tensor([0, 1, 0]), dict(iou_threshold=0.5))[1].tolist() == [0, 1, 2]\n"
+    "assert [g.tolist() for g in nms_match(torch.cat([boxes, scores[:, None]], 1), 0.5)] == [[0, 1], [2]]\n"
+    "features = torch.ones(1, 1, 8, 8, requires_grad=True)\n"
+    "out = roi_align(features, torch.tensor([[0., 0., 0., 4., 4.]]), (2, 2), 1.0, 2)\n"
+    "out.sum().backward()\n"
+    "assert out.shape == (1, 1, 2, 2) and torch.allclose(out, torch.ones(1)), out\n"
+    "assert abs(features.grad.sum().item() - 4.0) < 1e-5, features.grad.sum()\n"
+    "print(json.dumps({'torch': torch.__version__, 'mmcv': mmcv.__version__ + ' (mmcv-lite)', "
+    "'mmdet': mmdet.__version__, 'mmengine': mmengine.__version__, 'mmcv_kernels': 'torchvision and torch', "
+    "'mmcv_cuda_ops': False, 'gpu': torch.cuda.is_available(), 'cuda_ops_checked_on_gpu': False}))")
+
+
+def verify_environment(mmcv: str) -> dict:
+    if mmcv == "lite":
+        say("checking that mmcv-lite's RoIAlign (forward, backward), NMS, batched_nms and nms_match run on "
+            "torchvision's and torch's kernels, and that mmdet imports")
+        report = venv_python_json(CHECK_KERNELS_WITHOUT_COMPILED_MMCV)
+    else:
+        report = verify_compiled_mmcv()
+    check = subprocess.run([str(VENV_PYTHON), "-m", "pip", "check"], capture_output=True, text=True)
+    problems = [line for line in check.stdout.splitlines()
+                if line.strip() and not line.startswith("No broken requirements")
+                and not any(p.match(line) for p in ACCEPTED_PIP_CHECK_LINES[mmcv])]
+    if problems:
+        raise SetupFailed("pip check found inconsistencies:\n  " + "\n  ".join(problems))
+    say("pip check: consistent" + (" (compiled mmcv stands in for the mmcv-lite pisa-train requires)"
+                                   if mmcv == "compiled" else ""))
+    return report
+
+
+def verify_compiled_mmcv() -> dict:
     say("checking that mmcv's compiled ops run (on the GPU too, when it has CUDA ops and one is visible) "
         "and that mmdet imports")
-    report = venv_python_json(
+    return venv_python_json(
         "import json, torch, mmcv, mmdet, mmengine\n"
         "from mmcv.ops import nms, roi_align\n"
         "boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])\n"
@@ -532,22 +598,18 @@ def verify_environment() -> dict:
         "print(json.dumps({'torch': torch.__version__, 'mmcv': mmcv.__version__, 'mmdet': mmdet.__version__,\n"
         "  'mmengine': mmengine.__version__, 'mmcv_cuda_ops': bool(cuda_ops), 'gpu': gpu,\n"
         "  'cuda_ops_checked_on_gpu': bool(cuda_ops and gpu)}))")
-    check = subprocess.run([str(VENV_PYTHON), "-m", "pip", "check"], capture_output=True, text=True)
-    problems = [line for line in check.stdout.splitlines()
-                if line.strip() and not line.startswith("No broken requirements")
-                and not any(p.match(line) for p in ACCEPTED_PIP_CHECK_LINES)]
-    if problems:
-        raise SetupFailed("pip check found inconsistencies:\n  " + "\n  ".join(problems))
-    say("pip check: consistent (apart from openmim's opendatalab, see README 'Environment notes')")
-    return report
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/setup_env.py", description=__doc__.splitlines()[0],
-        epilog="README: 'The two commands', 'Offline install', 'Python versions'.")
+        epilog="docs/getting_started.md: 'Set-up', 'Offline install', 'Compiled mmcv', 'Python versions'.")
     parser.add_argument("--venv", type=Path, default=REPO_ROOT / ".venv",
                         help="the virtual environment to create or update (default: .venv/ in the repository)")
+    parser.add_argument("--mmcv", choices=MMCV_CHOICES, default="lite",
+                        help="lite (default): mmcv-lite, with RoIAlign, NMS and nms_match from torchvision and "
+                             "torch, nothing compiled; compiled: mmcv with its compiled ops, built from the sdist "
+                             "once and cached (5 to 25 minutes, needs a C++ compiler; nvcc for CUDA kernels)")
     parser.add_argument("--offline", metavar="DIR", type=Path,
                         help="install from this wheelhouse alone (pip --no-index); see --wheelhouse")
     parser.add_argument("--use-system-torch", action="store_true",
@@ -576,13 +638,15 @@ def write_wheelhouse(args: argparse.Namespace, pins: dict) -> None:
         raise SetupFailed(f"--target-python {args.target_python}: give the target's Python as X.Y, e.g. 3.12")
     check_python_version((*map(int, args.target_python.split(".")), 0), python="--target-python")
     manifest = wheelhouse.build(
-        args.wheelhouse.resolve(), build_tools=build_tool_requirements(pins),
-        requirements=package_requirements(pins), without_dependencies=[openmim_requirement(pins)],
-        mmcv_version=pins["pinned"]["mmcv"], target_has=target_has, target_python=args.target_python, say=say)
+        args.wheelhouse.resolve(), build_tools=build_tool_requirements(pins, args.mmcv),
+        requirements=package_requirements(pins, args.mmcv),
+        mmcv_sdist_version=compiled_mmcv_version(pins) if args.mmcv == "compiled" else None,
+        target_has=target_has, target_python=args.target_python, say=say)
     for line in wheelhouse.summary_lines(manifest):
         say(line)
     say(f"wrote {args.wheelhouse}/ (list: {args.wheelhouse}/{wheelhouse.MANIFEST}); on the target: "
-        f"python tools/setup_env.py --offline {args.wheelhouse} --use-system-torch")
+        f"python tools/setup_env.py --offline {args.wheelhouse} --use-system-torch"
+        + (" --mmcv compiled" if args.mmcv == "compiled" else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"wheels, and a wheelhouse leaves them out: add --use-system-torch to use the "
                               f"machine's torch, or copy torch=={pins['torch']} and torchvision=="
                               f"{pins['torchvision']} wheels into {args.offline}")
-        wanted = {"pins": pins, "python": sys.version.split()[0], "system_torch": found_torch,
+        wanted = {"pins": pins, "mmcv": args.mmcv, "python": sys.version.split()[0], "system_torch": found_torch,
                   "offline": str(OFFLINE_FROM) if OFFLINE_FROM else None,
                   "pyproject": (REPO_ROOT / "pyproject.toml").read_text(),
                   "setup_scripts": [(Path(__file__).parent / name).read_text()
@@ -616,28 +680,34 @@ def main(argv: list[str] | None = None) -> int:
             recorded = json.loads(STAMP.read_text())
             if recorded.get("wanted") == wanted:
                 say(f"environment in {shown_path(VENV)}/ is up to date "
-                    f"(torch {(found_torch or pins)['torch']}, mmcv {pins['pinned']['mmcv']}, "
-                    f"mmdet {pins['pinned']['mmdet']})")
+                    f"(torch {(found_torch or pins)['torch']}, mmcv {compiled_mmcv_version(pins)} "
+                    f"{'compiled' if args.mmcv == 'compiled' else '(mmcv-lite)'}, mmdet {pins['pinned']['mmdet']})")
                 return 0
             STAMP.unlink()
         create_venv(args.use_system_torch)
-        install_build_tools(pins)
+        install_build_tools(pins, args.mmcv)
         if found_torch:
             say(f"using the system's torch {found_torch['torch']} and torchvision {found_torch['torchvision']} "
                 f"(CUDA {found_torch['cuda'] or 'none'}) from {sys.executable}")
         else:
             install_torch(pins)
         torch_info = describe_torch()
-        plan = mmcv_build_plan(torch_info)
-        if torch_info["gpu"] and not plan["with_cuda"]:
-            say(f"a GPU is visible but mmcv gets CPU ops only ({plan['cpu_only_reason']}); on the GPU, "
-                f"--ops-backend auto (the default) runs torchvision's RoIAlign and NMS instead of mmcv's")
-        wheel = obtain_mmcv_wheel(plan, pins)
+        wheel = None
+        if args.mmcv == "compiled":
+            plan = mmcv_build_plan(torch_info)
+            if torch_info["gpu"] and not plan["with_cuda"]:
+                say(f"a GPU is visible but mmcv gets CPU ops only ({plan['cpu_only_reason']}); on the GPU, "
+                    f"--ops-backend auto (the default) runs torchvision's RoIAlign and NMS instead of mmcv's")
+            wheel = obtain_mmcv_wheel(plan, pins)
         install_packages(pins, wheel, torch_info)
-        report = verify_environment()
-        STAMP.write_text(json.dumps({"wanted": wanted, "installed": report, "mmcv_wheel": str(wheel)}, indent=1))
+        report = verify_environment(args.mmcv)
+        STAMP.write_text(json.dumps({"wanted": wanted, "installed": report,
+                                     "mmcv_wheel": str(wheel) if wheel else None}, indent=1))
+        kernels = report.get("mmcv_kernels") or ("compiled; CUDA ops: " + (
+            "yes, checked on the GPU" if report["cuda_ops_checked_on_gpu"] else
+            "yes" if report["mmcv_cuda_ops"] else "no"))
         say(f"done in {(time.monotonic() - started) / 60:.1f} min: torch {report['torch']}, mmcv {report['mmcv']} "
-            f"(CUDA ops: {'yes, checked on the GPU' if report['cuda_ops_checked_on_gpu'] else 'yes' if report['mmcv_cuda_ops'] else 'no'}), "
+            f"(kernels: {kernels}), "
             f"mmdet {report['mmdet']}, mmengine {report['mmengine']}")
         return 0
     except (SetupFailed, wheelhouse.WheelhouseProblem) as error:

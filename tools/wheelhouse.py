@@ -2,8 +2,9 @@
 what ``tools/setup_env.py --offline DIR`` checks before installing from it.
 
 A wheelhouse holds every file the set-up installs except torch and torchvision (a GPU machine brings
-its own, built for its CUDA): mmcv's sdist (its compiled ops are built on the target, for the
-target's torch and GPU) and wheels of everything else, with a ``manifest.json`` that lists each
+its own, built for its CUDA): wheels of everything else (mmcv-lite among them: nothing is built on
+the target), or with ``--mmcv compiled`` mmcv's sdist instead of mmcv-lite (its compiled ops are
+built on the target, for the target's torch and GPU), with a ``manifest.json`` that lists each
 file's size and SHA-256, whether it is pure Python (``py3-none-any``) or platform-specific, and the
 total size. Given the target's ``pip freeze`` it leaves out what the target already has, resolving
 the rest against the target's versions so that the two fit together.
@@ -155,15 +156,15 @@ def summary_lines(manifest: dict) -> list[str]:
     return lines
 
 
-def build(folder: Path, *, build_tools: list[str], requirements: list[str], without_dependencies: list[str],
-          mmcv_version: str, target_has: dict[str, str | None], target_python: str, say) -> dict:
+def build(folder: Path, *, build_tools: list[str], requirements: list[str], mmcv_sdist_version: str | None,
+          target_has: dict[str, str | None], target_python: str, say) -> dict:
     """Write the wheelhouse into ``folder`` (replacing a wheelhouse already there) and return its manifest.
 
     ``build_tools`` always come along (the new venv's own pip and setuptools shadow the target's);
     ``requirements`` are resolved with their dependencies, against the target's versions of the
-    packages it has, and what the target has is left out; ``without_dependencies`` are downloaded
-    alone (openmim, see the README); mmcv comes as its sdist, and its own requirements join the
-    resolution.
+    packages it has, and what the target has is left out. With ``mmcv_sdist_version`` (the set-up's
+    ``--mmcv compiled``), mmcv comes as its sdist, built on the target, and its own requirements
+    join the resolution.
     """
     if folder.exists() and any(folder.iterdir()) and not (folder / MANIFEST).exists():
         raise WheelhouseProblem(f"{folder} exists and is not a wheelhouse (no {MANIFEST}); give a new folder")
@@ -178,16 +179,18 @@ def build(folder: Path, *, build_tools: list[str], requirements: list[str], with
     # build dependencies from. Pure-Python packages come as py3-none-any where they publish one.
     wheels_for_target = [*pip_download, "--only-binary", ":all:", *for_python]
 
-    say(f"downloading the mmcv {mmcv_version} sdist")
-    try:
-        sdist = package_index.download_sdist("mmcv", mmcv_version, partial)
-    except package_index.IndexProblem as problem:
-        raise WheelhouseProblem(str(problem)) from problem
+    sdist = None
+    if mmcv_sdist_version:
+        say(f"downloading the mmcv {mmcv_sdist_version} sdist")
+        try:
+            sdist = package_index.download_sdist("mmcv", mmcv_sdist_version, partial)
+        except package_index.IndexProblem as problem:
+            raise WheelhouseProblem(str(problem)) from problem
     say(f"downloading the build tools for Python {target_python}: {', '.join(build_tools)}")
     subprocess.run([*wheels_for_target, *build_tools], check=True)
     kept = {path.name for path in partial.iterdir()}
 
-    wanted = requirements + sdist_requirements(sdist)
+    wanted = requirements + (sdist_requirements(sdist) if sdist else [])
     constraints = partial / "target-constraints.txt"
     # The target's versions, and the build tools' ranges (a dependency asking for setuptools would
     # otherwise bring a second, newer one that the set-up never installs).
@@ -198,7 +201,6 @@ def build(folder: Path, *, build_tools: list[str], requirements: list[str], with
     say(f"resolving and downloading wheels for Python {target_python}: {', '.join(wanted)}"
         + (f" (against the versions of the {len(target_has)} packages the target has)" if target_has else ""))
     subprocess.run([*wheels_for_target, "-c", str(constraints), *wanted], check=True)
-    subprocess.run([*wheels_for_target, "--no-deps", *without_dependencies], check=True)
     constraints.unlink()
 
     left_out = {}
@@ -211,7 +213,7 @@ def build(folder: Path, *, build_tools: list[str], requirements: list[str], with
             left_out[name] = target_has[name]
             path.unlink()
     manifest = write_manifest(partial, target_python=target_python, left_out=left_out,
-                              requirements=build_tools + wanted + without_dependencies)
+                              requirements=build_tools + wanted)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(partial, folder)

@@ -39,8 +39,16 @@ class MmcvKernels(NamedTuple):
     description: str  # how mmcv was built, for messages
 
 
+MMCV_LITE = ("mmcv-lite, without compiled ops: RoIAlign, NMS and nms_match run on torchvision's and torch's "
+             "kernels")
+
+
 def mmcv_kernels() -> MmcvKernels:
-    """What mmcv's compiled ops (``mmcv._ext``) can run on."""
+    """What mmcv's compiled ops (``mmcv._ext``) can run on: nothing with mmcv-lite."""
+    from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
+
+    if not mmcv_ext_is_compiled():
+        return MmcvKernels(frozenset(), MMCV_LITE)
     try:
         from mmcv.ops import get_compiler_version, get_compiling_cuda_version
     except ImportError as error:  # mmcv without compiled ops (mmcv-lite)
@@ -60,6 +68,10 @@ def choose_ops_backend(requested: str, device: str, kernels: MmcvKernels) -> str
         raise UsageError(f"--ops-backend must be one of {', '.join(OPS_BACKENDS)}, not '{requested}'")
     if requested == "auto":
         return "mmcv" if device in kernels.devices else "torchvision"
+    if requested == "mmcv" and not kernels.devices:
+        raise EnvironmentProblem(
+            f"--ops-backend mmcv asked for, but this environment has {kernels.description}; use --ops-backend "
+            f"auto (torchvision's kernels), or install compiled mmcv with make setup MMCV=compiled")
     if requested == "mmcv" and device not in kernels.devices:
         raise EnvironmentProblem(
             f"--ops-backend mmcv asked for, but this mmcv was built without {device.upper()} kernels for its "

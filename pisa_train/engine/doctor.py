@@ -41,16 +41,21 @@ def _version(module_name: str) -> str:
 def environment_findings() -> list[Finding]:
     import torch
 
-    from pisa_train.engine.device import choose_ops_backend, mmcv_kernels
+    from pisa_train.engine.device import MMCV_LITE, choose_ops_backend, mmcv_kernels
 
     findings = [Finding("python", f"{platform.python_version()} ({platform.platform()})"),
                 Finding("torch", f"{torch.__version__}, built with "
                                  f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'no CUDA'}")]
     findings += [Finding(name, _version(name)) for name in ("torchvision", "mmcv", "mmdet", "mmengine")]
     kernels = mmcv_kernels()
-    findings.append(Finding("mmcv ops", f"CPU kernels: {'yes' if 'cpu' in kernels.devices else 'no'}; CUDA kernels: "
-                                        f"{'yes' if 'cuda' in kernels.devices else 'no'} ({kernels.description})",
-                            None if kernels.devices else "mmcv has no compiled ops; rebuild it with `make setup`"))
+    if kernels.description == MMCV_LITE:  # the default set-up: nothing compiled, nothing to fix
+        findings.append(Finding("mmcv ops", MMCV_LITE))
+    else:
+        findings.append(Finding("mmcv ops", f"compiled; CPU kernels: {'yes' if 'cpu' in kernels.devices else 'no'}; "
+                                            f"CUDA kernels: {'yes' if 'cuda' in kernels.devices else 'no'} "
+                                            f"({kernels.description})",
+                                None if kernels.devices else "mmcv's compiled ops do not load; set up again with "
+                                                             "`make setup` (mmcv-lite) or `make setup MMCV=compiled`"))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus:
         for index in range(gpus):

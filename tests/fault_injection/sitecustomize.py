@@ -23,6 +23,10 @@ need what a test machine does not have, said per variable:
 - PISA_TEST_NAN_LOSS_AT_ITER=N: the loss term PISA_TEST_NAN_LOSS_TERM (default loss_cls) of the
   N-th training step becomes PISA_TEST_NAN_LOSS_VALUE (nan, or inf), as after a divergence; with
   PISA_TEST_NAN_LOSS_RANK=R only in the process of that rank (a divergence on one GPU).
+- PISA_TEST_SLOW_ITER_SECONDS=S: every training step takes S seconds more (a sleep as its losses are
+  summed), as a real model's iteration does: a test that signals the process twice within one iteration
+  then wins the race on a loaded machine too, where the tiny test model's iterations of a fraction of a
+  second end before the second signal arrives.
 - PISA_TEST_SLOW_ERROR_LINE_RANK=R: the process of rank R waits PISA_TEST_SLOW_ERROR_LINE_SECONDS
   (default 3) before it writes its one-line error, as a process on a loaded machine may: the other
   processes of the run have then long written theirs and, without a wait for it, exited (a race
@@ -156,6 +160,22 @@ if os.environ.get("PISA_TEST_NAN_LOSS_AT_ITER") and os.environ.get(
         return _original_parse(self, losses)
 
     BaseModel.parse_losses = _parse_losses
+
+
+if os.environ.get("PISA_TEST_SLOW_ITER_SECONDS"):
+    import time
+
+    from mmengine.model import BaseModel
+
+    _iteration_seconds = float(os.environ["PISA_TEST_SLOW_ITER_SECONDS"])
+    _parse_before_sleep = BaseModel.parse_losses
+
+    def _slow_parse_losses(self, losses):
+        if self.training:
+            time.sleep(_iteration_seconds)
+        return _parse_before_sleep(self, losses)
+
+    BaseModel.parse_losses = _slow_parse_losses
 
 
 if os.environ.get("PISA_TEST_SLOW_ERROR_LINE_RANK", "-") == os.environ.get("RANK", "0"):

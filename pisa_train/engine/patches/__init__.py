@@ -9,6 +9,8 @@ changes that behaviour (the ``test_upstream_*`` / ``test_mmcv_*`` guard tests):
 * checkpoint_downloads.py: checkpoints named by URL, open-mmlab://, torchvision:// or mmcls://
   fetched through pisa-train's verified, mirrored resolver and loaded weights-only (mmengine 0.10.7
   loads them with torch.hub, which unpickles in full; download.openmmlab.com is gone).
+* mmcv_ext_from_torchvision.py: ``mmcv._ext``, mmcv's compiled kernels, answered by torchvision's and
+  torch's (engine/torch_kernels.py) when mmcv has none (mmcv-lite, the default set-up).
 * torchvision_nms.py: mmcv's NMS kernel answered by torchvision's (``--ops-backend``).
 * distributed_on_cpu.py: ``--launcher pytorch|slurm|mpi`` on CPUs with gloo.
 * skip_nonfinite_updates.py: ``nonfinite_loss='skip'`` drops the optimizer step.
@@ -27,5 +29,7 @@ CheckpointHook, but in a subclass that only configs naming it use (its guard tes
 is tests/test_checkpoint_saving.py::test_upstream_deletes_the_oldest_checkpoint_first_and_writes_in_place).
 
 engine/runner.py applies them before it builds a Runner; nothing here is applied
-by importing it.
+by importing it. The one exception is mmcv_ext_from_torchvision.py, which
+``pisa_train/__init__.py`` installs: mmdet imports ``mmcv.ops`` as it is imported,
+long before a runner exists.
 """

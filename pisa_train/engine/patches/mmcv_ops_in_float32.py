@@ -21,8 +21,13 @@ Wrapped, where they are looked up (rebinding.py): ``mmcv.ops.roi_align.roi_align
 With ``--ops-backend torchvision`` the RoIAlign layers call torchvision's, which handles
 autocast itself.
 
-Guard test: tests/test_amp.py::test_upstream_mmcv_kernels_refuse_bfloat16 fails once
-mmcv's CPU kernels take bfloat16; tests/test_amp.py::test_mmcv_ops_under_autocast_match_float32
+With mmcv-lite (the default set-up) mmcv's kernels are pisa-train's (engine/torch_kernels.py): its
+NMS is torchvision's CPU kernel, which takes no bfloat16 or float16 either, so the patch stays.
+
+Guard tests: tests/test_amp.py::test_upstream_mmcv_kernels_refuse_bfloat16 fails once
+compiled mmcv's CPU kernels take bfloat16 (it runs with compiled mmcv, through
+tests/test_mmcv_kernels.py); ::test_upstream_torchvision_cpu_nms_refuses_half_precision once
+torchvision's do; tests/test_amp.py::test_mmcv_ops_under_autocast_match_float32
 (with the patch, the ops' outputs and gradients under bfloat16 autocast match a
 float32 run) and tests/test_amp.py::test_pisa_x101_forward_under_autocast_matches_float32.
 """

@@ -4,8 +4,10 @@ Upstream: mmcv 2.1.0, ``mmcv/ops/nms.py`` (no switch for the NMS kernel; mmcv's
 RoIAlign has ``use_torchvision``). Guard test:
 ``tests/test_ops_backend.py::test_mmcv_nms_still_goes_through_ext_module_nms``.
 
-Why: no mmcv 2.1.0 wheel exists for current torch, so mmcv is built from source,
-and on a machine without ``nvcc`` that build has CPU kernels only. Training on a
+Why: with compiled mmcv (``make setup MMCV=compiled``; the default mmcv-lite gets all
+its kernels from torchvision and torch, mmcv_ext_from_torchvision.py): no mmcv 2.1.0
+wheel exists for current torch, so mmcv is built from source, and on a machine without
+``nvcc`` that build has CPU kernels only. Training on a
 GPU with such an mmcv fails at the first RoIAlign or NMS ("... is not compiled
 with GPU support"). torchvision ships CUDA kernels for both, with the same
 semantics as mmcv's (average pooling, adaptive sampling ratio, ``aligned``; NMS
@@ -29,7 +31,7 @@ How it hooks in (mmcv 2.1.0):
   ``multiclass_nms``) all end in ``NMSop.forward``, which calls the compiled kernel as
   ``ext_module.nms(bboxes, scores, iou_threshold=..., offset=...)`` through the module
   global ``mmcv.ops.nms.ext_module``. ``use_torchvision_nms`` replaces that global with
-  ``NmsKernelOnTorchvision``, which answers ``nms`` with ``torchvision.ops.nms`` and
+  ``NmsKernelOnTorchvision``, which answers ``nms`` with torchvision's (engine/torch_kernels.py) and
   passes every other kernel (``softnms``, ``nms_match``, ...) to mmcv's. mmcv's score
   threshold, ``max_num`` and class offsets keep working, as they sit above the kernel.
   ``tests/test_ops_backend.py::test_mmcv_nms_still_goes_through_ext_module_nms``
@@ -52,13 +54,9 @@ class NmsKernelOnTorchvision:
 
     @staticmethod
     def nms(bboxes, scores, iou_threshold: float, offset: int = 0):
-        from torchvision.ops import nms as tv_nms
+        from pisa_train.engine.torch_kernels import nms
 
-        if offset:
-            # mmcv's legacy offset=1 counts width as x2 - x1 + 1: the same IoUs as boxes 1 wider and higher.
-            bboxes = bboxes.clone()
-            bboxes[:, 2:4] += offset
-        return tv_nms(bboxes, scores.to(bboxes.dtype), float(iou_threshold))
+        return nms(bboxes, scores, iou_threshold, offset)
 
 
 def _mmcv_nms_module():
