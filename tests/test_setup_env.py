@@ -345,7 +345,7 @@ def test_the_default_set_up_compiles_nothing_and_trains_the_demo(tmp_path):
     assert "mmcv" not in {entry["name"] for entry in names}
     ran = subprocess.run([str(venv_python), "-c", CHECK_THE_OPS], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
-    assert ran.stdout.splitlines() == ["[0, 2, 1] [[0, 1], [2]]", "tensor(True)"], ran.stderr[-3000:]
+    assert ran.stdout.splitlines() == ["[0, 2] [[0, 1], [2]]", "tensor(True)"], ran.stderr[-3000:]
     trained = subprocess.run([str(clone / ".venv" / "bin" / "pisa-train"), "configs/pisa_faster_rcnn_r18_fpn_"
                               "demo_shapes.py", "--max-iters", "2", "--work-dir", str(tmp_path / "work")],
                              cwd=clone, env=env, capture_output=True, text=True, timeout=900)
@@ -361,7 +361,7 @@ def test_pip_install_of_the_package_brings_every_dependency_and_compiles_nothing
     machine_python = _machine_python_with_torch(tmp_path / "machine")
     clone = _clone(tmp_path / "clone")
     env = _without_compilers(tmp_path)
-    subprocess.run([str(machine_python), "-m", "ensurepip", "--quiet"], env=env, check=True, timeout=300)
+    subprocess.run([str(machine_python), "-m", "ensurepip"], env=env, check=True, timeout=300)
     installed = subprocess.run([str(machine_python), "-m", "pip", "install", "--quiet", str(clone)], cwd=tmp_path,
                                env=env, capture_output=True, text=True, timeout=1200)
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
@@ -369,7 +369,7 @@ def test_pip_install_of_the_package_brings_every_dependency_and_compiles_nothing
     assert checked.returncode == 0, checked.stdout
     ran = subprocess.run([str(machine_python), "-c", CHECK_THE_OPS], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
-    assert ran.stdout.splitlines() == ["[0, 2, 1] [[0, 1], [2]]", "tensor(True)"], ran.stderr[-3000:]
+    assert ran.stdout.splitlines() == ["[0, 2] [[0, 1], [2]]", "tensor(True)"], ran.stderr[-3000:]
     helped = subprocess.run([str(tmp_path / "machine" / "bin" / "pisa-train"), "--help"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: pisa-train"), helped.stderr
