@@ -305,6 +305,8 @@ def test_data_reads_a_copy_of_the_annotation_file_with_the_names_on_disk(tmp_pat
     for split in ("train", "valid"):
         ann_file = root / split / "_annotations.coco.json"
         original[split] = json.loads(ann_file.read_text())
+        for annotation in original[split]["annotations"]:  # ids from 1: only the names need correcting here
+            annotation["id"] += 1                           # (tests/test_annotation_ids.py: the ids)
         ann_file.write_text(json.dumps(_file_names_with(original[split], lambda name: f"export/{name}")))
     written_before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
     annotations = tmp_path / "work" / "annotations"

@@ -86,6 +86,9 @@ def test_x101_pisa_trains_on_the_real_roboflow_export_with_one_class(tmp_path, r
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]
     assert "classes (1): shuttlecock" in log and "without validation" in log
+    # Roboflow numbers annotations from 0: the run reads a copy numbered from 1 (tests/test_annotation_ids.py).
+    assert f"the train split is read from {work_dir / 'annotations' / 'train.json'}: a copy of " \
+           f"train/_annotations.coco.json with annotation ids renumbered from 1" in log
     assert "Iter(train) [2/2]" in log
     checkpoint = load_checkpoint(work_dir / "iter_2.pth")
     assert checkpoint["meta"]["dataset_meta"]["classes"] == ("shuttlecock",)

@@ -7,7 +7,8 @@ earlier one where both set the same key:
 2. ``--cfg-options`` (keys the config has, checked) and ``--cfg-add`` (new keys);
 3. ``--data DIR``: the dataset paths, the classes and every head's ``num_classes``
    (config/dataset_folder.py), so a ``--cfg-options`` on those keys is overridden;
-   where the images are found under other names than the annotation file's, a
+   where the images are found under other names than the annotation file's, or
+   its annotation ids are ones COCO evaluation cannot use (from 0, duplicated), a
    corrected copy of it is written into the work dir (step 4's work dir, decided
    here by the same precedence) and read instead;
 4. the flags, each a pure rewrite from config/rewrites.py, in the order written

@@ -7,12 +7,16 @@ the train, val and test datasets (inside any dataset wrappers), the evaluators'
 
 Where the images are found under other names than the annotation file's
 ``file_name`` (folders that are not on disk, another case), mmdet's CocoDataset,
-which reads ``data_prefix.img + file_name``, could not find them: the run reads a
-copy of the annotation file with the names that are on disk, written into the work
-dir (``WORK_DIR/annotations/<split>.json``). Not beside the data: a dataset folder may
-be read-only or shared by several runs, and an extra .json there would change how
-its layout is recognised; the work dir is the run's own, and its saved config
-names the copy it trained on.
+which reads ``data_prefix.img + file_name``, could not find them; where the
+annotation ids are ones COCO evaluation cannot use (numbered from 0, as Roboflow
+does, or duplicated: data/coco_annotations.py), validation and pisa-eval would
+report a wrong AP. Either way the run reads a corrected copy of the annotation
+file (the names that are on disk, the annotations numbered 1..N in file order),
+written into the work dir (``WORK_DIR/annotations/<split>.json``): the datasets and
+the evaluators all name it. Not beside the data: a dataset folder may be read-only
+or shared by several runs, and an extra .json there would change how its layout is
+recognised; the work dir is the run's own, and its saved config names the copy it
+trained on. The user's file is never written.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pisa_train.data.image_lookup import write_renamed_annotations
+from pisa_train.data.coco_annotations import write_corrected_copy
 from pisa_train.data.layout import DatasetLayout, SplitFiles, describe_dataset, resolve_dataset
 from pisa_train.data.presence import innermost_dataset
 from pisa_train.errors import ConfigError
@@ -45,7 +49,8 @@ def _innermost_dataset(loader: Any, key: str) -> Any:
 def _point_loader(cfg: Any, key: str, layout: DatasetLayout, files: SplitFiles) -> None:
     dataset = _innermost_dataset(cfg[key], key)
     dataset["data_root"] = str(layout.data_root)
-    dataset["ann_file"] = files.ann_file  # an absolute path (a renamed copy) stays one: mmdet joins only relative ones
+    # An absolute path (a corrected copy) stays one: mmdet joins only relative ones to data_root.
+    dataset["ann_file"] = files.ann_file
     dataset["data_prefix"] = dict(img=files.img_prefix)
     # The palette of the old classes would not match; mmdet makes one up.
     dataset["metainfo"] = dict(classes=layout.classes)
@@ -79,14 +84,14 @@ def _never_validate(cfg: Any) -> None:
         train_cfg["val_interval"] = length + 1 if length else 10**9
 
 
-def apply_dataset_folder(cfg: Any, layout: DatasetLayout, renamed_ann_files: dict[str, str] | None = None,
+def apply_dataset_folder(cfg: Any, layout: DatasetLayout, corrected_ann_files: dict[str, str] | None = None,
                          ) -> DatasetApplied:
     """Point ``cfg`` (an mmengine Config in mmdet's CocoDataset style) at ``layout``.
 
     Returns a new config and the notes to log; ``cfg`` itself is not changed.
     Validation uses the val split, else the test split, else is switched off;
-    testing uses the test split, else the val split. ``renamed_ann_files``: per split,
-    the absolute path of the annotation file to read instead (``renamed_annotation_files``).
+    testing uses the test split, else the val split. ``corrected_ann_files``: per split,
+    the absolute path of the annotation file to read instead (``corrected_annotation_files``).
     """
     cfg = copy.deepcopy(cfg)
     # mmdet's base configs say `test_dataloader = val_dataloader` and
@@ -97,7 +102,7 @@ def apply_dataset_folder(cfg: Any, layout: DatasetLayout, renamed_ann_files: dic
             cfg[key] = copy.deepcopy(cfg[key])
 
     notes: list[str] = []
-    splits = {split: SplitFiles((renamed_ann_files or {}).get(split, files.ann_file), files.img_prefix)
+    splits = {split: SplitFiles((corrected_ann_files or {}).get(split, files.ann_file), files.img_prefix)
               for split, files in layout.splits.items()}
     if "train" in splits:
         if cfg.get("train_dataloader") is not None:
@@ -142,25 +147,34 @@ def apply_dataset_folder(cfg: Any, layout: DatasetLayout, renamed_ann_files: dic
     return DatasetApplied(cfg, notes)
 
 
-def renamed_annotation_files(layout: DatasetLayout, annotations_dir: str | Path) -> dict[str, str]:
-    """Per split whose images are found under other names than its file_names, the absolute path
-    of the annotation file with those names: ``annotations_dir/<split>.json``."""
-    return {split: os.path.abspath(os.path.join(annotations_dir, f"{split}.json")) for split in layout.renamed_images}
+def corrected_annotation_files(layout: DatasetLayout, annotations_dir: str | Path) -> dict[str, str]:
+    """Per split whose images are found under other names than its file_names, or whose annotation
+    ids need renumbering, the absolute path of its corrected copy: ``annotations_dir/<split>.json``."""
+    return {split: os.path.abspath(os.path.join(annotations_dir, f"{split}.json")) for split in layout.splits
+            if split in layout.renamed_images or split in layout.ids_to_renumber}
+
+
+def _what_the_copy_corrects(layout: DatasetLayout, split: str) -> str:
+    corrections = ["the file names that are on disk"] if split in layout.renamed_images else []
+    if split in layout.ids_to_renumber:
+        corrections.append(f"annotation ids renumbered from 1 ({layout.ids_to_renumber[split]})")
+    return " and ".join(corrections)
 
 
 def use_dataset_folder(cfg: Any, folder: str | Path, annotations_dir: str | Path, write: bool = True,
                        ) -> DatasetApplied:
     """``--data DIR``: resolve the folder and point the config at it; the notes start with the
-    resolved settings, for the log. Where file_names need other names, the corrected annotation
-    files go into ``annotations_dir`` (unless ``write`` is False: the config names them all the same)."""
+    resolved settings, for the log. Where file_names need other names or annotation ids need
+    renumbering, the corrected annotation files go into ``annotations_dir`` (unless ``write`` is
+    False: the config names them all the same)."""
     layout = resolve_dataset(folder)
-    renamed = renamed_annotation_files(layout, annotations_dir)
+    corrected = corrected_annotation_files(layout, annotations_dir)
     notes = []
-    for split, path in renamed.items():
+    for split, path in corrected.items():
         if write:
-            write_renamed_annotations(layout.data_root / layout.splits[split].ann_file, Path(path),
-                                      layout.renamed_images[split])
+            write_corrected_copy(layout.data_root / layout.splits[split].ann_file, Path(path),
+                                 layout.renamed_images.get(split), renumber_ids=split in layout.ids_to_renumber)
         notes.append(f"  the {split} split is read from {path}: a copy of {layout.splits[split].ann_file} with "
-                     f"the file names that are on disk")
-    applied = apply_dataset_folder(cfg, layout, renamed)
+                     f"{_what_the_copy_corrects(layout, split)}")
+    applied = apply_dataset_folder(cfg, layout, corrected)
     return DatasetApplied(applied.cfg, describe_dataset(layout).splitlines() + notes + applied.notes)

@@ -1,11 +1,23 @@
-"""Reading COCO-format annotation files, with errors that name the file and the fix."""
+"""Reading COCO-format annotation files, with errors that name the file and the fix; the annotation
+ids COCO evaluation cannot use, and the corrected copy that --data reads instead.
+
+COCOeval (pycocotools, and faster-coco-eval alike) records for each detection the ``id`` of the
+ground-truth box it matched, 0 meaning "unmatched": a box with id 0 counts as missed and the detection
+that found it as a false detection. Roboflow numbers annotations from 0, so AP comes out silently low on
+every Roboflow export. Duplicate ids are worse: COCO's index keeps one box per id, and mmdet's
+CocoDataset refuses them ("Annotation ids ... are not unique!"). ``annotation_id_problems`` says what is
+wrong with a file's ids; ``renumber_annotation_ids`` numbers the annotations 1..N in file order, which
+changes no match and no box.
+"""
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from pisa_train.errors import DataError
+from pisa_train.files import write_json_atomically
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 # Above this size, reading only the "categories" list saves seconds and
@@ -116,3 +128,84 @@ def synthetic_root_categories(categories: list[dict], box_counts: Counter) -> li
     }
     return [category["name"] for category in categories
             if category["name"] in named_by_others and box_counts.get(category["id"], 0) == 0]
+
+
+def _is_usable_id(value) -> bool:
+    """An integer of 0 or more: what COCO indexes by (0 is usable as a key, though not as a match)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def annotation_id_problems(annotations: list) -> list[str]:
+    """Why COCO evaluation cannot use the ``id``s of an ``annotations`` list as they are, one phrase per
+    kind of problem; none when every id is a distinct integer of 1 or more."""
+    entries = [annotation for annotation in annotations if isinstance(annotation, dict)]
+    without = sum("id" not in annotation for annotation in entries)
+    ids = [annotation["id"] for annotation in entries if "id" in annotation]
+    usable = [value for value in ids if _is_usable_id(value)]
+    others = [value for value in ids if not _is_usable_id(value)]
+    repeated = [value for value, count in Counter(usable).items() if count > 1]
+    problems = []
+    if 0 in usable:
+        problems.append("the file numbers them from 0, which COCO evaluation reads as 'unmatched'")
+    if repeated:
+        problems.append(f"the file repeats {len(repeated)} of its ids, e.g. {repeated[0]}, which mmdet refuses "
+                        f"and COCO evaluation reads as one box")
+    if without:
+        problems.append(f"{without} of {len(entries)} annotations have no id")
+    if others:
+        problems.append(f"{len(others)} of {len(ids)} ids are not positive integers, e.g. {json.dumps(others[0])}")
+    return problems
+
+
+def renumber_annotation_ids(data: dict) -> dict:
+    """A copy of the COCO dict ``data`` whose annotations are numbered 1..N in file order; everything
+    else is as it was (``data`` itself is not changed)."""
+    annotations, number = [], 0
+    for annotation in data["annotations"]:
+        if isinstance(annotation, dict):
+            number += 1
+            annotation = {**annotation, "id": number}
+        annotations.append(annotation)
+    return {**data, "annotations": annotations}
+
+
+def with_usable_annotation_ids(data: dict) -> dict:
+    """``data`` itself where COCO evaluation can use its annotation ids (or it has no annotation list),
+    else its renumbered copy."""
+    if not isinstance(data.get("annotations"), list) or not annotation_id_problems(data["annotations"]):
+        return data
+    return renumber_annotation_ids(data)
+
+
+@dataclass(frozen=True)
+class AnnotationFileSummary:
+    """What recognising a dataset needs of one annotation file, read once."""
+
+    categories: list[dict]
+    file_names: list[str]  # of its images, in file order
+    # None for a file above the full-parse limit: its annotations are not read.
+    boxes_per_category: Counter | None
+    id_problems: tuple[str, ...] | None  # annotation_id_problems; None: not checked
+
+
+def summarise_annotation_file(path: str | Path) -> AnnotationFileSummary:
+    """The categories and image file names of an annotation file, and (unless it is too large to
+    parse in full) its boxes per category and what is wrong with its annotation ids."""
+    path = Path(path)
+    if path.stat().st_size > _FULL_PARSE_LIMIT_BYTES:
+        return AnnotationFileSummary(read_categories(path), read_image_file_names(path), None, None)
+    data = load_annotation_file(path)
+    return AnnotationFileSummary(data["categories"], image_file_names(data["images"]), boxes_per_category(data),
+                                 tuple(annotation_id_problems(data["annotations"])))
+
+
+def write_corrected_copy(source: Path, target: Path, renamed_images: dict | None = None,
+                         renumber_ids: bool = False) -> None:
+    """A copy of the annotation file ``source`` at ``target``: each image ``file_name`` that
+    ``renamed_images`` maps replaced by the path it maps to (data/image_lookup.py found it there) and,
+    with ``renumber_ids``, the annotations numbered 1..N in file order; everything else as it is."""
+    data = load_annotation_file(source)
+    for image in data["images"]:
+        if isinstance(image, dict) and image.get("file_name") in (renamed_images or {}):
+            image["file_name"] = renamed_images[image["file_name"]]
+    write_json_atomically(target, renumber_annotation_ids(data) if renumber_ids else data, indent=None)

@@ -11,7 +11,7 @@ in its ``images/`` subfolder; in each, by the name as written, by the bare file 
 (folders in ``file_name`` that are not on disk), and ignoring case. The first folder
 that holds every image is the split's image folder. Images found under another name
 than their ``file_name`` are listed (``renamed``), so that a corrected copy of the
-annotation file can be written (``write_renamed_annotations``; config/dataset_folder.py
+annotation file can be written (``coco_annotations.write_corrected_copy``; config/dataset_folder.py
 decides where). ``ignored_entries`` names the other files beside the dataset.
 """
 from __future__ import annotations
@@ -22,8 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pisa_train.data.coco_annotations import load_annotation_file
-from pisa_train.files import IMAGE_EXTENSIONS, write_json_atomically
+from pisa_train.files import IMAGE_EXTENSIONS
 
 IMAGES_SUBFOLDER = "images/"
 _EXAMPLES = 3
@@ -189,15 +188,6 @@ def describe_locations(locations: dict[str, ImageLocation]) -> list[str]:
         expected = [location.expected for location in locations.values()]
         return [f"images of {', '.join(expected[:-1])} and {expected[-1]} are in their {IMAGES_SUBFOLDER} subfolders"]
     return [note for note in notes if note]
-
-
-def write_renamed_annotations(source: Path, target: Path, renamed: dict) -> None:
-    """A copy of the annotation file ``source`` whose file_names are the paths ``renamed`` found."""
-    data = load_annotation_file(source)
-    for image in data["images"]:
-        if isinstance(image, dict) and image.get("file_name") in renamed:
-            image["file_name"] = renamed[image["file_name"]]
-    write_json_atomically(target, data, indent=None)
 
 
 def ignored_entries(data_root: Path, ann_files: list[str], image_folders: list[str],

@@ -15,7 +15,11 @@ mmdet's CocoDataset numbers them, without the synthetic root category that
 Roboflow prepends. Each split's images are looked for where exports put them
 (data/image_lookup.py: an ``images/`` subfolder of the split, file names whose
 folders are not on disk, another case); a split whose images are not all found
-is refused, and what else lies beside the dataset is named in one line.
+is refused, and what else lies beside the dataset is named in one line. A split
+whose annotation ids COCO evaluation cannot use (0, as Roboflow numbers them,
+duplicates, none: data/coco_annotations.py) is noted with the reason, so that
+the run reads a renumbered copy. Each annotation file is parsed once (those
+above the full-parse limit not at all, and their ids are not checked).
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pisa_train.data.coco_annotations import (boxes_per_category, load_annotation_file, read_categories,
-                                              read_image_file_names, synthetic_root_categories)
+from pisa_train.data.coco_annotations import (AnnotationFileSummary, boxes_per_category, load_annotation_file,
+                                              read_image_file_names, summarise_annotation_file,
+                                              synthetic_root_categories)
 from pisa_train.data.image_lookup import (ImageLocation, describe_ignored, describe_locations, ignored_entries,
                                           locate_images)
 from pisa_train.data.synthetic_shapes import MANIFEST
@@ -71,6 +76,8 @@ class DatasetLayout:
     # Per split, file_name -> the image's path under img_prefix, where the two differ (data/image_lookup.py).
     renamed_images: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: tuple[str, ...] = field(default=())  # where the images are, what is ignored: one line each
+    # Per split whose annotation ids COCO evaluation cannot use as they are, why (coco_annotations.py).
+    ids_to_renumber: dict[str, str] = field(default_factory=dict)
 
 
 def _roboflow(folder: Path) -> dict[str, SplitFiles]:
@@ -166,7 +173,9 @@ def resolve_dataset(path: str | Path) -> DatasetLayout:
         if not (layout.data_root / files.img_prefix).is_dir():
             raise DataError(f"image folder {layout.data_root / files.img_prefix} for the {split} split "
                             f"({files.ann_file}) not found; restore it or download the dataset again")
-    categories = {split: read_categories(layout.data_root / files.ann_file) for split, files in layout.splits.items()}
+    summaries = {split: summarise_annotation_file(layout.data_root / files.ann_file)
+                 for split, files in layout.splits.items()}
+    categories = {split: summary.categories for split, summary in summaries.items()}
     first_split, first = next(iter(categories.items()))
     signature = [(category["id"], category["name"]) for category in first]
     for split, others in categories.items():
@@ -178,12 +187,12 @@ def resolve_dataset(path: str | Path) -> DatasetLayout:
     if duplicates:
         raise DataError(f"class names {', '.join(repr(name) for name in duplicates)} appear more than once in "
                         f"{layout.splits[first_split].ann_file}; merge or rename the duplicate categories")
-    dropped = _dropped_root_categories(layout, first)
+    dropped = _dropped_root_categories(layout, first, summaries)
     kept = [category for category in first if category["name"] not in dropped]
     if not kept:
         raise DataError(f"{layout.data_root / layout.splits[first_split].ann_file} defines no classes with boxes "
                         f"besides its root category; add classes to the dataset and export it again")
-    locations = locate_split_images(layout)
+    locations = locate_split_images(layout, {split: summary.file_names for split, summary in summaries.items()})
     for split, location in locations.items():
         if location.unresolved:
             raise DataError(f"{location.missing_message(layout.splits[split].ann_file)} (`pisa-data check {path}` "
@@ -194,7 +203,9 @@ def resolve_dataset(path: str | Path) -> DatasetLayout:
                          tuple(category["name"] for category in kept),
                          tuple(category["id"] for category in kept), tuple(dropped),
                          {split: location.renamed for split, location in locations.items() if location.renamed},
-                         tuple(note for note in notes if note))
+                         tuple(note for note in notes if note),
+                         {split: "; ".join(summary.id_problems) for split, summary in summaries.items()
+                          if summary.id_problems})
 
 
 def locate_split_images(layout: FolderLayout, file_names: dict[str, list[str]] | None = None,
@@ -212,13 +223,16 @@ def ignored_beside(layout: FolderLayout, locations: dict[str, ImageLocation]) ->
                            [location.folder for location in locations.values()], own_files=(MANIFEST,))
 
 
-def _dropped_root_categories(layout: FolderLayout, categories: list[dict]) -> list[str]:
+def _dropped_root_categories(layout: FolderLayout, categories: list[dict],
+                             summaries: dict[str, AnnotationFileSummary]) -> list[str]:
     candidates = synthetic_root_categories(categories, Counter())
     if not candidates:
         return []  # no need to read the (possibly huge) annotation lists
     box_counts: Counter = Counter()
-    for files in layout.splits.values():
-        box_counts.update(boxes_per_category(load_annotation_file(layout.data_root / files.ann_file)))
+    for split, files in layout.splits.items():
+        counted = summaries[split].boxes_per_category
+        box_counts.update(counted if counted is not None
+                          else boxes_per_category(load_annotation_file(layout.data_root / files.ann_file)))
     return synthetic_root_categories(categories, box_counts)
 
 

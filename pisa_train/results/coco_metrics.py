@@ -12,7 +12,11 @@ precision array equal pycocotools' on generated data) or, with
 numbers are those CocoMetric reports (rounded to 3 decimals in the summary),
 with the per-class precision kept. A config whose ``test_evaluator.metric`` has
 ``'segm'`` (the Mask R-CNN configs) gets its masks evaluated the same way, from
-CocoMetric's ``.segm.json``.
+CocoMetric's ``.segm.json``. Ground truth whose annotation ids COCOeval cannot use
+(id 0, which it reads as "unmatched"; duplicates) is evaluated with the annotations
+numbered 1..N (data/coco_annotations.py), whatever file the config names: --data
+already points the config at such a renumbered copy, and a config that names the
+file itself gets the same numbers.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pisa_train.data.coco_annotations import load_annotation_file, with_usable_annotation_ids
 from pisa_train.errors import DataError, EnvironmentProblem
 
 BACKENDS = ("pycocotools", "faster-coco-eval")
@@ -73,16 +78,16 @@ def evaluate_bbox(ground_truth, detections, backend: str = "pycocotools", classe
 
     ``classes`` (names) limits the evaluation to those categories, as CocoMetric limits it to
     the config's classes (a Roboflow export's box-less root category is not one of them).
-    ``iou_type='segm'`` evaluates the detections' masks instead of their boxes."""
+    ``iou_type='segm'`` evaluates the detections' masks instead of their boxes. Annotation ids
+    COCOeval cannot use are renumbered first (``ground_truth`` itself is not changed)."""
     COCO, COCOeval = coco_api(backend)
+    if isinstance(ground_truth, (str, Path)):
+        ground_truth = load_annotation_file(ground_truth)
     sink = io.StringIO() if quiet else None
     with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
-        if isinstance(ground_truth, (str, Path)):
-            gt = COCO(str(ground_truth))
-        else:
-            gt = COCO()
-            gt.dataset = ground_truth
-            gt.createIndex()
+        gt = COCO()
+        gt.dataset = with_usable_annotation_ids(ground_truth)
+        gt.createIndex()
         if isinstance(detections, (str, Path)):
             detections = json.loads(Path(detections).read_text())
         dt = gt.loadRes(detections) if detections else COCO()

@@ -1,7 +1,9 @@
 """What a detector gets wrong: a confusion matrix, COCO's error breakdown, and the images it fails on most.
 
 All three read the ground truth (a COCO annotation file, or its dict) and the detections pisa-eval
-dumped (COCO's result format), for the config's classes only.
+dumped (COCO's result format), for the config's classes only. Like the metrics (coco_metrics.py), they
+match against annotations numbered 1..N where the file's ids are ones COCO matching cannot use (id 0
+reads as "unmatched"; data/coco_annotations.py).
 
 * The confusion matrix is over the classes plus background, at IoU 0.5 and a score threshold:
   detections scoring at least the threshold are matched to ground-truth boxes one to one, whatever
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pisa_train.data.coco_annotations import load_annotation_file, with_usable_annotation_ids
 from pisa_train.errors import DataError
 
 IOU_MATCH = 0.5
@@ -49,16 +52,16 @@ FIXED_BY_STEP = {"C50": "localisation finer than IoU 0.75 (C75 -> C50)",
 
 
 def load_ground_truth_and_detections(ground_truth, detections):
-    """faster-coco-eval COCO objects for a ground-truth file (or dict) and detections (file or list)."""
+    """faster-coco-eval COCO objects for a ground-truth file (or dict) and detections (file or list);
+    the ground truth's annotation ids renumbered where COCO matching cannot use them."""
     from faster_coco_eval import COCO
 
+    if isinstance(ground_truth, (str, Path)):
+        ground_truth = load_annotation_file(ground_truth)
     with contextlib.redirect_stdout(io.StringIO()):
-        if isinstance(ground_truth, (str, Path)):
-            gt = COCO(str(ground_truth))
-        else:
-            gt = COCO()
-            gt.dataset = copy.deepcopy(ground_truth)
-            gt.createIndex()
+        gt = COCO()
+        gt.dataset = copy.deepcopy(with_usable_annotation_ids(ground_truth))
+        gt.createIndex()
         if isinstance(detections, (str, Path)):
             detections = json.loads(Path(detections).read_text())
         if detections:
