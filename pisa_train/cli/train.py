@@ -60,9 +60,7 @@ def train(args: argparse.Namespace) -> int:
         for line in description:
             say(line)
     runner.run_training(cfg, args.trust_checkpoint, say)
-    from mmengine.dist import is_main_process
-
-    if is_main_process():
+    if runner.launched_rank(cfg) == 0:  # the process group is gone: the launcher's rank says who is rank 0
         from pisa_train.results.report import report_training_run
         from pisa_train.results.training_curves import draw_curves_of_run
 

@@ -180,6 +180,20 @@ def run_training(cfg, trusted_checkpoints=(), say: Say = print) -> None:
         runner.train()
     finally:
         restore_hooks(runner)
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """At the end of a distributed run, every process waits for the others, then leaves the process group.
+    Rank 0 saves the last checkpoint after the others have finished their last iteration; a process that
+    exits meanwhile with its gloo group alive can abort in the group's teardown ("terminate called without
+    an active exception", exit -6, seen in CI), and torchrun then stops the whole run. After this call
+    mmengine's get_rank() is 0 in every process: ask launched_rank() who is rank 0."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def restore_hooks(runner) -> None:
