@@ -127,6 +127,7 @@ def test_max_pooling_roi_align_is_refused_in_one_line(this_venv_has_no_compiled_
         "mmcv op roi_align_forward with pool_mode='max' has no torchvision kernel (torchvision's RoIAlign averages); "
         "use pool_mode='avg', or install mmcv with its compiled ops: make setup MMCV=compiled "
         "(docs: 'Compiled mmcv')")
+    assert raised.value.exit_code == 6
 
 
 def test_the_focal_loss_kernels_match_mmdets_python_focal_loss(this_venv_has_no_compiled_mmcv):

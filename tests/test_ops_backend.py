@@ -49,6 +49,7 @@ def test_mmcv_backend_with_mmcv_lite_is_refused_in_one_line():
         "--ops-backend mmcv asked for, but this environment has mmcv-lite, without compiled ops: RoIAlign, NMS and "
         "nms_match run on torchvision's and torch's kernels; use --ops-backend auto (torchvision's kernels), or "
         "install compiled mmcv with make setup MMCV=compiled")
+    assert raised.value.exit_code == 6
     assert choose_ops_backend("auto", "cuda", MmcvKernels(frozenset(), MMCV_LITE)) == "torchvision"
 
 

@@ -36,7 +36,7 @@ HOW_TO_GET_COMPILED_MMCV = ("install mmcv with its compiled ops: make setup MMCV
                             "(docs: 'Compiled mmcv')")
 
 
-def _check_float32(name: str, *tensors: torch.Tensor) -> None:
+def _check_floating(name: str, *tensors: torch.Tensor) -> None:
     for tensor in tensors:
         if tensor.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             raise TypeError(f"mmcv op {name}: expected floating tensors, got {tensor.dtype}")
@@ -49,7 +49,7 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x, aligned_height: i
         raise EnvironmentProblem(
             "mmcv op roi_align_forward with pool_mode='max' has no torchvision kernel (torchvision's "
             f"RoIAlign averages); use pool_mode='avg', or {HOW_TO_GET_COMPILED_MMCV}")
-    _check_float32("roi_align_forward", input, rois)
+    _check_floating("roi_align_forward", input, rois)
     output.copy_(torch.ops.torchvision.roi_align(input, rois.to(input.dtype), float(spatial_scale),
                                                  int(aligned_height), int(aligned_width), int(sampling_ratio),
                                                  bool(aligned)))

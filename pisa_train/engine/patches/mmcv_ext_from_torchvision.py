@@ -10,8 +10,8 @@ is unmerged), so compiled mmcv means a 5 to 25 minute build with a C++ compiler,
 matching torch's CUDA for GPU kernels.
 
 The change: a finder at the end of ``sys.meta_path`` answers ``import mmcv._ext`` only when
-no compiled ``mmcv/_ext*.so`` was found before it, with ``engine/torch_kernels.py``'s
-``TorchKernels`` module: RoIAlign, NMS and nms_match from torchvision and torch, and every
+no compiled ``mmcv/_ext*.so`` was found before it, with a ``TorchKernelsModule`` serving
+``engine/torch_kernels.py``: RoIAlign, NMS and nms_match from torchvision and torch, and every
 other name a function that raises one line naming the op and how to get compiled mmcv. With
 compiled mmcv installed, Python's own path finder finds the ``.so`` first and nothing changes.
 
