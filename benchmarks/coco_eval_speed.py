@@ -16,7 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from pisa_train.results.coco_metrics import evaluate_bbox
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from generated_coco import generate_ground_truth_and_detections  # tests/generated_coco.py, on the path just above
 
 
 def cpu_model() -> str:
@@ -35,11 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-
-    import numpy as np
-
-    from generated_coco import generate_ground_truth_and_detections
-    from pisa_train.results.coco_metrics import evaluate_bbox
 
     ground_truth, detections = generate_ground_truth_and_detections(args.images, args.classes, seed=0)
     print(f"machine: {platform.platform()}; CPU: {cpu_model()}; {os.cpu_count()} logical cores; "

@@ -15,8 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from pisa_train.results.error_analysis import confusion_matrix, error_breakdown, image_errors
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests/generated_coco.py and benchmarks/coco_eval_speed.py, on the path just above
+from coco_eval_speed import cpu_model
+from generated_coco import generate_ground_truth_and_detections
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--classes", type=int, default=10)
     args = parser.parse_args(argv)
-
-    from coco_eval_speed import cpu_model
-    from generated_coco import generate_ground_truth_and_detections
-    from pisa_train.results.error_analysis import confusion_matrix, error_breakdown, image_errors
 
     ground_truth, detections = generate_ground_truth_and_detections(args.images, args.classes, seed=0)
     classes = [category["name"] for category in ground_truth["categories"]]

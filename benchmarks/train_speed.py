@@ -69,6 +69,8 @@ in the record and in the table, and its full output in its log; 2 for a usage er
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -77,6 +79,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
@@ -93,7 +97,6 @@ CATEGORIES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "dog", "
 
 def _textured_image(rng, width: int, height: int):
     """Low-frequency colour blobs plus pixel noise: JPEGs that decode like photographs, not flat colour."""
-    import numpy as np
     from PIL import Image
 
     coarse = rng.uniform(40, 220, size=(6, 10, 3)).astype(np.uint8)
@@ -105,7 +108,6 @@ def _textured_image(rng, width: int, height: int):
 def generate_dataset(root: Path, count: int, width: int, height: int, seed: int = 0) -> None:
     """``count`` images of width x height under root/images/ with 2 to 12 boxes each (drawn as filled
     rectangles), and their COCO annotations in root/annotations/train.json."""
-    import numpy as np
     from PIL import ImageDraw
 
     rng = np.random.default_rng(seed)
@@ -176,8 +178,6 @@ def benchmark_config_text(base_config: Path, data_root: Path, width: int, height
 
 def mmdet_train_script() -> Path | None:
     """MMDetection's tools/train.py as pip ships it (inside the package, for mim), or None."""
-    import importlib.util
-
     spec = importlib.util.find_spec("mmdet")
     if spec is None or spec.origin is None:
         return None
@@ -206,9 +206,6 @@ def choose_mmdet_python(requested: Path | None, repo: Path = REPO, fallback: str
 def describe_python(tool: str, device: str) -> dict:
     """Run in the Python that will run ``tool`` (``--describe-python``): its versions and what mmcv's
     ops will run on there. For mmdet without importing pisa_train, as mmdet's tools/train.py does not."""
-    import importlib.metadata
-    import importlib.util
-
     facts = dict(tool=tool, device=device, executable=sys.executable, python=platform.python_version())
     for name in ("torch", "torchvision", "mmdet", "mmengine", "mmcv", "mmcv-lite"):
         try:
@@ -216,8 +213,9 @@ def describe_python(tool: str, device: str) -> dict:
         except importlib.metadata.PackageNotFoundError:
             facts[name] = None
     if tool == "pisa-train":
-        import pisa_train  # noqa: F401  (as `python -m pisa_train.cli.train` does: mmcv._ext without compiled mmcv)
-        from pisa_train.engine.device import choose_ops_backend, mmcv_kernels
+        # Imported here, not at the top: this script also describes mmdet's Python, where pisa_train is not imported.
+        import pisa_train  # noqa: F401, PLC0415  (as `python -m pisa_train.cli.train` does: mmcv._ext without compiled mmcv)
+        from pisa_train.engine.device import choose_ops_backend, mmcv_kernels  # noqa: PLC0415
 
         kernels = mmcv_kernels()
         facts.update(compiled_mmcv_devices=sorted(kernels.devices), mmcv_build=kernels.description,
@@ -449,9 +447,10 @@ def training_forward_flops(config: Path, width: int, height: int, device: str = 
     image, the RoI head on as many RoIs as the training sampler keeps per image (fixed boxes, so the
     count does not depend on how many proposals an untrained RPN lets through). mmengine counts a
     multiply-add as one FLOP (fvcore's convention): doubled here."""
-    import torch
+    import pisa_train  # noqa: F401, PLC0415  (first: building the model imports mmcv.ops, which needs mmcv._ext)
 
-    import pisa_train  # noqa: F401  (mmcv.ops, which building the model imports, needs mmcv._ext: see the patch)
+    # isort: split
+    import torch
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.analysis import get_model_complexity_info

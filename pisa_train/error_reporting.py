@@ -15,12 +15,12 @@ import os.path as osp
 import re
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from pisa_train import exit_codes
 from pisa_train.errors import CheckpointError, DataError, EnvironmentProblem, PisaError
 from pisa_train.files import IMAGE_EXTENSIONS
-from pisa_train.terminal import write_line
+from pisa_train.terminal import shown, write_line
 
 
 def run_reporting_errors(prog: str, work: Callable[[], int | None], debug: bool = False) -> int:
@@ -29,7 +29,7 @@ def run_reporting_errors(prog: str, work: Callable[[], int | None], debug: bool 
     except PisaError as error:
         if debug:
             traceback.print_exc()
-        write_line(f"{prog}: {error.label}: {error}", sys.stderr)
+        write_error_line(f"{prog}: {error.label}: {error}")
         if error.after_report is not None:
             try:
                 error.after_report()
@@ -37,23 +37,29 @@ def run_reporting_errors(prog: str, work: Callable[[], int | None], debug: bool 
                 pass
         return error.exit_code
     except KeyboardInterrupt:
-        write_line(f"{prog}: interrupted by user", sys.stderr)
+        write_error_line(f"{prog}: interrupted by user")
         return exit_codes.INTERRUPTED
     except Exception as error:  # noqa: BLE001 - this is the boundary that reports everything
         known = translate_upstream_error(error)
         if known is not None:
             if debug:
                 traceback.print_exc()
-            write_line(f"{prog}: {known.label}: {known}", sys.stderr)
+            write_error_line(f"{prog}: {known.label}: {known}")
             return known.exit_code
         if debug:
             traceback.print_exc()
-            write_line(f"{prog}: error: {type(error).__name__}: {error}", sys.stderr)
+            write_error_line(f"{prog}: error: {type(error).__name__}: {error}")
         else:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            write_line(f"{prog}: error: {type(error).__name__}: {first_line} (rerun with --debug for the traceback)",
-                       sys.stderr)
+            write_error_line(f"{prog}: error: {type(error).__name__}: {first_line} (rerun with --debug for the "
+                             f"traceback)")
         return exit_codes.UNEXPECTED_ERROR
+
+
+def write_error_line(line: str) -> None:
+    """The error's one line on stderr: its newlines and control characters (from a class name, a file
+    name, a config path in the message) escaped, so that it stays one line and cannot rewrite the screen."""
+    write_line(shown(line), sys.stderr)
 
 
 # mmcv 2.1's LoadImageFromFile: `assert img is not None, f'failed to load image: {filename}'`

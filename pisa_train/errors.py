@@ -22,8 +22,17 @@ class UsageError(PisaError):
     exit_code = exit_codes.USAGE_ERROR
 
 
+class UnknownOptionError(UsageError, TypeError):
+    """A keyword argument of pisa_train.train/evaluate/infer that is none of the command's options:
+    a TypeError too, as Python raises for an unexpected keyword argument."""
+
+
 class ConfigError(PisaError):
     exit_code = exit_codes.CONFIG_ERROR
+
+
+class ExportMismatch(ConfigError):
+    """pisa-export: the exported graph detects differently from the PyTorch model; nothing is written."""
 
 
 class DataError(PisaError):
@@ -38,6 +47,17 @@ class EnvironmentProblem(PisaError):
     """A package, a compiled op or a device that the run needs is missing."""
 
     exit_code = exit_codes.ENVIRONMENT_ERROR
+
+
+class LockHeld(EnvironmentProblem):
+    """Another process holds the lock of the folder this command would work in (files.hold_exclusive_lock):
+    like a port in use, something else on the machine has it."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint at the path given. Also a FileNotFoundError, as mmengine's own loader raises
+    for a missing file, so that code calling mmengine's API (``load_checkpoint``, ``Runner.resume``)
+    and catching that still catches it once pisa-train's loader is in place."""
 
 
 class UnsafeCheckpointError(CheckpointError):

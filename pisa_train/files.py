@@ -8,14 +8,22 @@ renamed over the final name; the folder is fsynced so that the rename itself
 survives a power cut. A kill at any moment leaves the old file or the complete
 new one, and at worst a hidden ``.NAME.tmp-PID`` that ``remove_stale_temp_files``
 clears.
+
+``hold_exclusive_lock`` is the one "one process at a time" primitive: an advisory lock
+(``fcntl.flock``) on a file in the folder a process works in, which the kernel releases when
+the process ends, however it ends, so a killed process never blocks the next one.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import os.path as osp
 import re
-from typing import Callable
+from collections.abc import Callable, Iterator
+
+from pisa_train.errors import LockHeld
 
 # What pisa-train treats as an image file (pisa-infer's folders, error messages about images).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -82,3 +90,32 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[str]:
             except FileNotFoundError:
                 pass  # another process of the run removed it first
     return removed
+
+
+@contextlib.contextmanager
+def hold_exclusive_lock(path: str | os.PathLike, what: str, way_forward: str,
+                        on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block, or raise
+    LockHeld at once, naming the process that holds it: "``what`` is in use by process PID ...; wait for
+    it to finish, or ``way_forward``". With ``on_wait``, wait for the lock instead, after calling
+    ``on_wait("process PID")``. The file keeps the holder's process id; it is never deleted, because a
+    process that deleted it would let a third one lock a new file while the second still holds the old one."""
+    path = os.fspath(path)
+    os.makedirs(osp.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = f"process {holder}" if holder.isdigit() else "another process"
+            if on_wait is None:
+                raise LockHeld(f"{what} is in use by {holder} (it holds the lock {path}); wait for it to finish, "
+                               f"or {way_forward}") from None
+            on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock

@@ -11,10 +11,12 @@ carriage returns or escape codes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 CLEAR_LINE = "\r\x1b[K"
 # Redrawing faster than this only burns CPU and flickers.
@@ -36,19 +38,34 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def shown(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with its control characters (and every other character ``str.isprintable`` rejects:
+    C1 controls, bidi overrides) escaped the way ``repr`` shows them: ``\\x1b]52;...`` instead of an
+    escape sequence that sets the window title, writes the clipboard, moves the cursor or erases a line.
+    Text from data (class names, file names, archive entries, checkpoint meta) reaches a terminal only
+    through here; our own control codes (the progress line's) are added after it."""
+    if text.isprintable():
+        return text
+    if keep_newlines:
+        return "\n".join(shown(line) for line in text.split("\n"))
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def write_line(text: str, stream: TextIO | None = None) -> None:
-    """Write ``text`` and its newline in one write, then flush. ``print`` writes the newline
+    """Write ``text`` (control characters escaped by ``shown``; a multi-line table keeps its
+    newlines) and its newline in one write, then flush. ``print`` writes the newline
     separately, and unbuffered (PYTHONUNBUFFERED=1, ``python -u``) that is a second write(2): the
     processes of a distributed run, which share one stderr, then put two messages on one line."""
     stream = stream if stream is not None else sys.stdout
-    stream.write(text + "\n")
+    stream.write(shown(text, keep_newlines=True) + "\n")
     stream.flush()
 
 
 def announcer(prog: str, stream: TextIO | None = None) -> Callable[[str], None]:
-    """A function that prints ``[prog] line``: how the commands say what they do."""
+    """A function that prints ``[prog] line``: how the commands say what they do. Each is one line: a newline
+    from data is escaped too, so no text can print a line that looks like one of ours."""
     def say(line: str) -> None:
-        write_line(f"[{prog}] {line}", stream)
+        write_line(shown(f"[{prog}] {line}"), stream)
 
     return say
 
@@ -59,6 +76,15 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def byte_size(text: str) -> int:
+    """A size as people write it, read back: ``500M``, ``2G``, ``1.5GiB`` or a number of bytes (K, M, G, T are
+    powers of 1024, as format_bytes writes them); ValueError otherwise (argparse names the flag)."""
+    match = re.match(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", text.strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError(text)
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
 
 
 def format_duration(seconds: float) -> str:
@@ -95,7 +121,7 @@ class TerminalLine:
 
     def redraw(self) -> None:
         if self.text:
-            self.stream.write(CLEAR_LINE + fit_to_width(self.text, self._columns()))
+            self.stream.write(CLEAR_LINE + fit_to_width(shown(self.text), self._columns()))
             self.stream.flush()
             self._shown = True
 
@@ -109,7 +135,7 @@ class TerminalLine:
         """Erase the line for good, leaving ``last_line`` in its place if given."""
         self.clear()
         if last_line:
-            self.stream.write(last_line + "\n")
+            self.stream.write(shown(last_line) + "\n")
         self.stream.flush()
         self.text = ""
 
@@ -197,7 +223,7 @@ class ProgressReporter:
         if due_by_tenth or due_by_time:
             self._last_tenth = tenth
             self._last_shown = now
-            self.stream.write(self._text(now) + "\n")
+            self.stream.write(shown(self._text(now)) + "\n")
             self.stream.flush()
 
     def finish(self) -> None:
@@ -206,5 +232,5 @@ class ProgressReporter:
             self._line.close(self._text())
             return
         if self._last_tenth < 10 or not self.total:  # the 100% line was not written yet
-            self.stream.write(self._text() + "\n")
+            self.stream.write(shown(self._text()) + "\n")
         self.stream.flush()

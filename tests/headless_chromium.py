@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 
 def chromium_driver():
@@ -17,8 +19,6 @@ def chromium_driver():
         pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver; "
                     ".ci/run installs them where it can)")
     # selenium is a test dependency (pyproject.toml): its absence is a broken set-up, not a reason to skip.
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium

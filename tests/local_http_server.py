@@ -2,11 +2,13 @@
 
 It serves in-memory files, honours ``Range: bytes=N-`` with 206 responses,
 records every request, and can misbehave on purpose: close the connection
-half-way through a response, or ignore Range requests.
+half-way through a response, ignore Range requests, leave out Content-Length,
+stream zeros forever, or send a body slowly.
 """
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +32,12 @@ class ServerBehaviour:
     cut_after: dict[str, list[int]] = field(default_factory=dict)
     ignore_range: set[str] = field(default_factory=set)
     redirects: dict[str, str] = field(default_factory=dict)
+    # Paths answered without Content-Length (the body ends when the connection closes).
+    no_length: set[str] = field(default_factory=set)
+    # Paths answered with zeros, without Content-Length, until the client goes away.
+    endless: set[str] = field(default_factory=set)
+    # path -> seconds over which the body is sent, in 50 pieces (a slow server).
+    slow: dict[str, float] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
 
 
@@ -56,6 +64,17 @@ def _handler_for(behaviour: ServerBehaviour):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if path in behaviour.endless:
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    while send_body:
+                        self.wfile.write(b"\0" * (1 << 16))
+                except OSError:
+                    pass  # the client stopped reading
+                return
             if path not in behaviour.files:
                 self.send_error(404, "Not Found")
                 return
@@ -78,13 +97,26 @@ def _handler_for(behaviour: ServerBehaviour):
                 self.send_response(200)
                 self.send_header("Accept-Ranges", "none" if path in behaviour.ignore_range else "bytes")
             body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
+            if path in behaviour.no_length:
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "application/octet-stream")
             cuts = behaviour.cut_after.get(path)
-            if cuts:
+            if cuts or path in behaviour.no_length:
                 self.send_header("Connection", "close")
             self.end_headers()
             if not send_body:
+                return
+            if path in behaviour.slow:
+                piece = max(1, -(-len(body) // 50))
+                try:
+                    for offset in range(0, len(body), piece):
+                        self.wfile.write(body[offset:offset + piece])
+                        self.wfile.flush()
+                        time.sleep(behaviour.slow[path] / 50)
+                except OSError:
+                    pass  # the client went away
                 return
             if cuts:
                 self.wfile.write(body[:cuts.pop(0)])
@@ -120,7 +152,7 @@ class LocalHTTPServer:
     def gets(self, path: str) -> list[RecordedRequest]:
         return [request for request in self.requests if request.method == "GET" and request.path == path]
 
-    def __enter__(self) -> "LocalHTTPServer":
+    def __enter__(self) -> LocalHTTPServer:
         self._thread.start()
         return self
 

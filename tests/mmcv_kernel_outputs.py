@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import sys
 
-import pisa_train  # noqa: F401  (provides mmcv._ext where mmcv has none)
+import pisa_train  # noqa: F401  (first: it provides mmcv._ext where mmcv has none)
+
+# isort: split
 import torch
 from mmcv.ops import batched_nms, nms, nms_match, roi_align
 

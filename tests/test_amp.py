@@ -11,19 +11,34 @@ import json
 import re
 import textwrap
 
+import mmcv.ops
+import mmdet.models.dense_heads.base_dense_head
+import mmdet.models.dense_heads.rpn_head
+import mmdet.models.layers.bbox_nms
 import numpy as np
 import pytest
 import torch
-
 from conftest import DEMO_CONFIG, X101_PISA_CONFIG, run_command
+from mmdet.registry import MODELS
+from mmengine.optim import AmpOptimWrapper
+from mmengine.registry import init_default_scope
+from test_end_to_end import x101_on_shapes
+from tiny_training import DATA_OPTIONS, MODEL_OPTIONS, TEST_OPTIONS, tiny_demo, tiny_eval
+
 from pisa_train import exit_codes
 from pisa_train.cli import evaluate as eval_cli
 from pisa_train.cli import infer as infer_cli
 from pisa_train.cli import train as train_cli
 from pisa_train.config.build import build_infer_config, build_test_config, build_train_config
+from pisa_train.config.loading import load_config
+from pisa_train.engine import torch_kernels
 from pisa_train.engine.device import choose_amp_dtype
+from pisa_train.engine.patches.amp_on_cpu import allow_amp_optim_wrapper_on_cpu
+from pisa_train.engine.patches.batched_nms_dtypes import fix_batched_nms_dtype_clash
 from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
+from pisa_train.engine.patches.mmcv_ops_in_float32 import run_mmcv_ops_in_float32_under_autocast
 from pisa_train.engine.patches.rebinding import upstream_of
+from pisa_train.engine.runner import describe_precision, describe_run
 
 # mmcv's kernels here: compiled mmcv's, or with mmcv-lite (the default set-up) pisa-train's
 # (engine/torch_kernels.py), which has no soft-NMS and runs NMS on torchvision's CPU kernel.
@@ -33,7 +48,7 @@ no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="upstream's refusa
 
 
 def train_config(*argv, device="cpu"):
-    return build_train_config(train_cli.build_parser().parse_args([str(a) for a in argv]), device).cfg
+    return build_train_config(train_cli.parse_request([str(a) for a in argv]), device).cfg
 
 
 # ---- the dtype, the configs, the description (no model runs) ----------------------------------
@@ -61,7 +76,7 @@ def test_amp_on_eval_and_infer_runs_the_model_under_autocast(tmp_path):
     checkpoint.write_bytes(b"not read here")
 
     def hooks(cli, build, *argv, device="cpu"):
-        cfg = build(cli.build_parser().parse_args([str(DEMO_CONFIG), str(checkpoint), *argv]), device).cfg
+        cfg = build(cli.parse_request([str(DEMO_CONFIG), str(checkpoint), *argv]), device).cfg
         return [hook for hook in cfg.get("custom_hooks") or [] if hook["type"] == "AutocastTestHook"]
 
     assert hooks(eval_cli, build_test_config, "--amp") == [dict(type="AutocastTestHook", dtype="bfloat16")]
@@ -96,8 +111,6 @@ def test_a_precision_the_machine_cannot_run_well_is_one_line_and_exit_2(main, ar
 
 
 def test_the_run_description_says_which_precision():
-    from pisa_train.engine.runner import describe_precision, describe_run
-
     assert "precision: mixed, bfloat16 autocast (AmpOptimWrapper, no loss scaling); mmcv's RoIAlign and NMS " \
            "kernels in float32" in describe_run(train_config(X101_PISA_CONFIG, "--amp"), "cpu")
     assert describe_precision(train_config(X101_PISA_CONFIG, "--amp", device="cuda")) == (
@@ -109,8 +122,6 @@ def test_the_run_description_says_which_precision():
 # ---- mmengine's AmpOptimWrapper on the CPU (engine/patches/amp_on_cpu.py) --------------------
 
 def _upstream_amp_init():
-    from mmengine.optim import AmpOptimWrapper
-
     init = AmpOptimWrapper.__init__
     return init.__wrapped__ if getattr(init, "_pisa_train_replacement", False) else init
 
@@ -118,7 +129,6 @@ def _upstream_amp_init():
 @no_gpu
 def test_upstream_amp_optim_wrapper_refuses_the_cpu():
     """mmengine 0.10.7 asserts an accelerator; when this fails, amp_on_cpu.py can go."""
-    from mmengine.optim import AmpOptimWrapper
 
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
     with pytest.raises(AssertionError, match="is only available training on gpu, npu, mlu or musa"):
@@ -127,10 +137,6 @@ def test_upstream_amp_optim_wrapper_refuses_the_cpu():
 
 @no_gpu
 def test_amp_optim_wrapper_trains_in_bfloat16_on_the_cpu_without_loss_scaling():
-    from mmengine.optim import AmpOptimWrapper
-
-    from pisa_train.engine.patches.amp_on_cpu import allow_amp_optim_wrapper_on_cpu
-
     allow_amp_optim_wrapper_on_cpu()
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
@@ -218,7 +224,6 @@ def test_upstream_mmcv_kernels_refuse_bfloat16():
 def test_upstream_torchvision_cpu_nms_refuses_half_precision():
     """With mmcv-lite, mmcv's NMS kernels are torchvision's (engine/torch_kernels.py), whose CPU kernel takes no
     bfloat16 or float16 either: mmcv_ops_in_float32.py stays needed. When this fails, torchvision takes them."""
-    from pisa_train.engine import torch_kernels
 
     boxes, scores = _boxes(30)
     for dtype, name in ((torch.bfloat16, "BFloat16"), (torch.float16, "Half")):
@@ -227,8 +232,6 @@ def test_upstream_torchvision_cpu_nms_refuses_half_precision():
 
 
 def test_mmcv_ops_under_autocast_match_float32():
-    from pisa_train.engine.patches.mmcv_ops_in_float32 import run_mmcv_ops_in_float32_under_autocast
-
     run_mmcv_ops_in_float32_under_autocast()
     reference = _run_ops(_mmcv_ops(), torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -250,11 +253,6 @@ def test_mmcv_ops_under_autocast_match_float32():
 
 def test_pisa_x101_forward_under_autocast_matches_float32():
     """The X101 PISA model's features and RoI head (mmcv's RoIAlign) under bfloat16 autocast, against float32."""
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-
-    from pisa_train.config.loading import load_config
-    from pisa_train.engine.patches.mmcv_ops_in_float32 import run_mmcv_ops_in_float32_under_autocast
 
     run_mmcv_ops_in_float32_under_autocast()
     cfg = load_config(str(X101_PISA_CONFIG), {"model.backbone.init_cfg": None}, {})
@@ -313,8 +311,6 @@ def test_upstream_batched_nms_still_clashes_on_mixed_dtypes(boxes_dtype, scores_
     (torch.bfloat16, torch.float32)])
 @pytest.mark.parametrize("count", [SPLIT, 500])
 def test_batched_nms_on_mixed_dtypes_keeps_what_float32_keeps(boxes_dtype, scores_dtype, count):
-    from pisa_train.engine.patches.batched_nms_dtypes import fix_batched_nms_dtype_clash
-
     batched_nms = fix_batched_nms_dtype_clash()
     boxes, scores = _boxes(count)
     boxes, scores = boxes.to(boxes_dtype), scores.to(scores_dtype)
@@ -341,8 +337,6 @@ def _batched_nms_of_mmcv_pr_3332():
 @pytest.mark.parametrize("scores_dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("count", [SPLIT, 500])
 def test_batched_nms_on_mixed_dtypes_gives_what_mmcv_pr_3332_gives(scores_dtype, count):
-    from pisa_train.engine.patches.batched_nms_dtypes import fix_batched_nms_dtype_clash
-
     boxes, scores = _boxes(count)
     ported = fix_batched_nms_dtype_clash()(boxes, scores.to(scores_dtype), _classes(count), NMS_CFG)
     fixed_upstream = _batched_nms_of_mmcv_pr_3332()(boxes, scores.to(scores_dtype), _classes(count), NMS_CFG)
@@ -351,13 +345,6 @@ def test_batched_nms_on_mixed_dtypes_gives_what_mmcv_pr_3332_gives(scores_dtype,
 
 
 def test_the_batched_nms_fix_is_where_mmdet_looks_it_up():
-    import mmcv.ops
-    import mmdet.models.dense_heads.base_dense_head
-    import mmdet.models.dense_heads.rpn_head
-    import mmdet.models.layers.bbox_nms
-
-    from pisa_train.engine.patches.batched_nms_dtypes import fix_batched_nms_dtype_clash
-
     fixed = fix_batched_nms_dtype_clash()
     assert fixed is fix_batched_nms_dtype_clash()  # installed once
     for module in (mmcv.ops, importlib.import_module("mmcv.ops.nms"), mmdet.models.dense_heads.rpn_head,
@@ -374,8 +361,6 @@ def _is_bfloat16(values) -> np.ndarray:
 
 @pytest.mark.slow
 def test_x101_pisa_trains_two_iterations_with_amp_on_the_cpu(tmp_path, shapes_dataset):
-    from test_end_to_end import x101_on_shapes
-
     work_dir = tmp_path / "work"
     result = run_command("train", [*x101_on_shapes(shapes_dataset), "default_hooks.logger.interval=1",
                                    "--work-dir", work_dir, "--max-iters", "2", "--amp"], cwd=tmp_path)
@@ -393,8 +378,6 @@ def test_x101_pisa_trains_two_iterations_with_amp_on_the_cpu(tmp_path, shapes_da
 
 @pytest.mark.slow
 def test_eval_and_infer_with_amp_run_the_model_in_bfloat16(tmp_path):
-    from tiny_training import DATA_OPTIONS, MODEL_OPTIONS, TEST_OPTIONS, tiny_demo, tiny_eval
-
     trained = run_command("train", tiny_demo(tmp_path / "work", 1, "--amp"), cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     checkpoint = tmp_path / "work" / "iter_1.pth"

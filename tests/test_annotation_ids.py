@@ -19,22 +19,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import ROBOFLOW_FIXTURE, X101_PISA_CONFIG
+import torch
+from conftest import X101_PISA_CONFIG
 from generated_coco import generate_ground_truth_and_detections
+from mmdet.datasets import CocoDataset
+from mmdet.evaluation import CocoMetric
+from mmengine import Config
+from roboflow_export import read_export
+from tiny_coco import coco_dict, make_roboflow
+
 from pisa_train.cli import evaluate as eval_cli
 from pisa_train.cli import train as train_cli
 from pisa_train.config.build import build_test_config, build_train_config
+from pisa_train.config.dataset_folder import use_dataset_folder
 from pisa_train.data import coco_annotations
 from pisa_train.data.coco_annotations import annotation_id_problems
 from pisa_train.data.layout import resolve_dataset
 from pisa_train.data.presence import dataset_classes, dataset_image_folder, innermost_dataset
 from pisa_train.results import error_analysis
 from pisa_train.results.coco_metrics import coco_api, evaluate_bbox
-from tiny_coco import coco_dict, make_roboflow
+from pisa_train.results.evaluation_analysis import evaluate_and_analyse
 
 BACKENDS = ("pycocotools", "faster-coco-eval")
-BADMINTON = ROBOFLOW_FIXTURE / "train" / "_annotations.coco.json"  # 36 boxes numbered 0..35
 FROM_0_NOTE = ("annotation ids renumbered from 1 (the file numbers them from 0, which COCO evaluation reads as "
                "'unmatched')")
 
@@ -98,22 +104,34 @@ def test_the_ids_of_a_file_too_large_to_parse_are_not_checked_when_the_dataset_i
 
 # pisa-eval's metrics and its error analysis (results/), on the real Roboflow export and generated data.
 
+@pytest.fixture
+def badminton(roboflow_fixture) -> Path:
+    """The Roboflow export's train annotations, as exported: boxes numbered from 0."""
+    return roboflow_fixture / "train" / "_annotations.coco.json"
+
+
+@pytest.fixture
+def export_classes(roboflow_fixture) -> list[str]:
+    return list(read_export(roboflow_fixture).classes)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_real_roboflow_export_scores_exactly_as_its_twin_numbered_from_1(tmp_path, backend):
-    raw = json.loads(BADMINTON.read_text())
+def test_the_roboflow_export_scores_exactly_as_its_twin_numbered_from_1(tmp_path, backend, badminton,
+                                                                        export_classes):
+    raw = json.loads(badminton.read_text())
     assert min(a["id"] for a in raw["annotations"]) == 0  # as Roboflow exports it
     twin = write_json(tmp_path / "twin.json", with_ids(raw, range(1, len(raw["annotations"]) + 1)))
     detections = perfect_detections(raw)
-    before = BADMINTON.read_bytes()
+    before = badminton.read_bytes()
 
-    ours = evaluate_bbox(BADMINTON, copy.deepcopy(detections), backend, classes=["shuttlecock"]).stats
+    ours = evaluate_bbox(badminton, copy.deepcopy(detections), backend, classes=export_classes).stats
     assert np.asarray(ours).tolist() == np.asarray(
-        evaluate_bbox(twin, copy.deepcopy(detections), backend, classes=["shuttlecock"]).stats).tolist()
+        evaluate_bbox(twin, copy.deepcopy(detections), backend, classes=export_classes).stats).tolist()
     assert ours[0] == 1.0  # AP of perfect detections
     # The bug this guards against: COCOeval on the file as exported misses the box with id 0.
     assert plain_coco_eval(twin, detections, backend)[0] == 1.0
-    assert plain_coco_eval(BADMINTON, detections, backend)[0] < 0.99  # 0.943
-    assert BADMINTON.read_bytes() == before
+    assert plain_coco_eval(badminton, detections, backend)[0] < 0.99  # the real export: 0.943
+    assert badminton.read_bytes() == before
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -139,19 +157,20 @@ def test_ground_truth_with_unusable_ids_scores_exactly_as_numbered_from_1(tmp_pa
         assert not np.array_equal(plain_coco_eval(path, detections, backend), np.asarray(reference.stats))
 
 
-def test_the_error_analysis_of_perfect_detections_finds_no_error_on_a_file_numbered_from_0():
-    raw = json.loads(BADMINTON.read_text())
+def test_the_error_analysis_of_perfect_detections_finds_no_error_on_a_file_numbered_from_0(badminton,
+                                                                                           export_classes):
+    raw = json.loads(badminton.read_text())
     detections = perfect_detections(raw)
     boxes = len(raw["annotations"])
 
-    matrix = error_analysis.confusion_matrix(BADMINTON, detections, ["shuttlecock"], score_thr=0.3)
+    matrix = error_analysis.confusion_matrix(badminton, detections, export_classes, score_thr=0.3)
     assert matrix.counts.tolist() == [[boxes, 0], [0, 0]]
-    breakdown = error_analysis.error_breakdown(BADMINTON, detections, ["shuttlecock"])
+    breakdown = error_analysis.error_breakdown(badminton, detections, export_classes)
     assert breakdown["ap"]["C75"] == 1.0 and set(breakdown["gain_if_fixed"].values()) == {0.0}
     assert all(entry["missed"] == entry["false"] == 0
-               for entry in error_analysis.image_errors(raw, detections, ["shuttlecock"], score_thr=0.3))
+               for entry in error_analysis.image_errors(raw, detections, export_classes, score_thr=0.3))
     # The bug this guards against: faster-coco-eval's COCOeval, on which the breakdown runs, misses box 0.
-    assert plain_coco_eval(BADMINTON, detections, "faster-coco-eval")[2] < 1.0  # AP at IoU 0.75
+    assert plain_coco_eval(badminton, detections, "faster-coco-eval")[2] < 1.0  # AP at IoU 0.75
 
 
 # --data: the run reads a renumbered copy in the work dir (config/dataset_folder.py).
@@ -189,9 +208,9 @@ def test_data_reads_a_renumbered_copy_and_leaves_the_dataset_as_it_is(tmp_path, 
     argv = [str(X101_PISA_CONFIG), "--data", str(root), "--work-dir", str(work)]
 
     # --print-config names the copies without writing them.
-    printed = build_train_config(train_cli.build_parser().parse_args([*argv, "--print-config"]), "cpu").cfg
+    printed = build_train_config(train_cli.parse_request([*argv, "--print-config"]), "cpu").cfg
     assert not work.exists()
-    cfg, notes = build_train_config(train_cli.build_parser().parse_args(argv), "cpu")
+    cfg, notes = build_train_config(train_cli.parse_request(argv), "cpu")
     assert cfg.to_dict() == printed.to_dict()
     _renumbered_config_checked(cfg, work, original)
     assert (f"  the train split is read from {work / 'annotations' / 'train.json'}: a copy of "
@@ -199,8 +218,6 @@ def test_data_reads_a_renumbered_copy_and_leaves_the_dataset_as_it_is(tmp_path, 
     assert file_contents(root) == before  # the user's files, byte for byte
 
     if ids == (4, 4, 9):  # what the copy spares: mmdet's CocoDataset refuses the file itself
-        from mmdet.datasets import CocoDataset
-
         def load(ann_file):
             return CocoDataset(data_root=str(root), ann_file=str(ann_file), data_prefix=dict(img="train/"),
                                metainfo=dict(classes=("cat", "dog")), pipeline=[])
@@ -210,10 +227,6 @@ def test_data_reads_a_renumbered_copy_and_leaves_the_dataset_as_it_is(tmp_path, 
 
 
 def test_one_copy_corrects_both_the_file_names_and_the_ids(tmp_path):
-    from mmengine import Config
-
-    from pisa_train.config.dataset_folder import use_dataset_folder
-
     original = coco_dict()  # numbered from 0
     root = make_roboflow(tmp_path / "ds", splits=("train",), data=original)
     exported = {**original, "images": [{**image, "file_name": f"export/{image['file_name']}"}
@@ -232,7 +245,7 @@ def test_one_copy_corrects_both_the_file_names_and_the_ids(tmp_path):
 def test_data_writes_no_copy_where_the_ids_are_usable(tmp_path):
     root = make_roboflow(tmp_path / "ds", data=with_ids(coco_dict(), (1, 2)))
     work = tmp_path / "work"
-    cfg, notes = build_train_config(train_cli.build_parser().parse_args(
+    cfg, notes = build_train_config(train_cli.parse_request(
         [str(X101_PISA_CONFIG), "--data", str(root), "--work-dir", str(work)]), "cpu")
     assert innermost_dataset(cfg.train_dataloader.dataset).ann_file == "train/_annotations.coco.json"
     assert cfg.val_evaluator.ann_file == str(root / "valid" / "_annotations.coco.json")
@@ -240,7 +253,7 @@ def test_data_writes_no_copy_where_the_ids_are_usable(tmp_path):
 
 
 def _badminton_with_every_split(export: Path) -> Path:
-    """The real export with its train split copied as valid/ and test/: all numbered from 0."""
+    """The Roboflow export with its train split copied as valid/ and test/: all numbered from 0."""
     for split in ("valid", "test"):
         shutil.copytree(export / "train", export / split)
     return export
@@ -248,12 +261,10 @@ def _badminton_with_every_split(export: Path) -> Path:
 
 def test_validation_during_training_scores_the_real_export_as_its_twin(tmp_path, roboflow_export):
     """mmdet's CocoMetric, which validates during training, reads the copy --data names."""
-    import torch
-    from mmdet.evaluation import CocoMetric
 
     export = _badminton_with_every_split(roboflow_export)
     work = tmp_path / "work"
-    cfg, notes = build_train_config(train_cli.build_parser().parse_args(
+    cfg, notes = build_train_config(train_cli.parse_request(
         [str(X101_PISA_CONFIG), "--data", str(export), "--work-dir", str(work)]), "cpu")
     assert f"  the val split is read from {work / 'annotations' / 'val.json'}: a copy of " \
            f"valid/_annotations.coco.json with {FROM_0_NOTE}" in notes
@@ -261,7 +272,7 @@ def test_validation_during_training_scores_the_real_export_as_its_twin(tmp_path,
 
     def validation_map(ann_file) -> float:
         metric = CocoMetric(ann_file=str(ann_file), metric="bbox")
-        metric.dataset_meta = dict(classes=("shuttlecock",))
+        metric.dataset_meta = dict(classes=read_export(export).classes)
         samples = []
         for image in raw["images"]:
             boxes = [a["bbox"] for a in raw["annotations"] if a["image_id"] == image["id"]]
@@ -277,14 +288,13 @@ def test_validation_during_training_scores_the_real_export_as_its_twin(tmp_path,
 
 def test_pisa_eval_scores_and_analyses_the_real_export_as_its_twin(tmp_path, roboflow_export):
     """pisa-eval's config (--data) and what it does once the test loop has dumped the detections."""
-    from pisa_train.results.evaluation_analysis import evaluate_and_analyse
 
     export = _badminton_with_every_split(roboflow_export)
     before = file_contents(export)
     checkpoint = tmp_path / "model.pth"
     checkpoint.write_bytes(b"")  # the test loop does not run here
     work = tmp_path / "work"
-    cfg, _ = build_test_config(eval_cli.build_parser().parse_args(
+    cfg, _ = build_test_config(eval_cli.parse_request(
         [str(X101_PISA_CONFIG), str(checkpoint), "--data", str(export), "--work-dir", str(work)]), "cpu")
     assert cfg.test_evaluator.ann_file == str(work / "annotations" / "test.json")
     raw = json.loads((export / "test" / "_annotations.coco.json").read_text())
@@ -293,7 +303,8 @@ def test_pisa_eval_scores_and_analyses_the_real_export_as_its_twin(tmp_path, rob
     record = evaluate_and_analyse(cfg.test_evaluator.ann_file, cfg.test_evaluator.outfile_prefix, ["bbox"],
                                   "faster-coco-eval", dataset_classes(cfg, "test_dataloader"),
                                   dataset_image_folder(cfg, "test_dataloader"), tmp_path / "analysis", 0.3, 8)
-    assert record["bbox"]["AP"] == 1.0 and record["per_class"]["shuttlecock"]["AP"] == 1.0
+    [name] = read_export(export).classes
+    assert record["bbox"]["AP"] == 1.0 and record["per_class"][name]["AP"] == 1.0
     assert record["analysis"]["error_breakdown_ap"]["C75"] == 1.0 and record["analysis"]["worst_images"] == []
     # The copy on its own scores 1.0 with plain COCOeval; the file as exported does not.
     assert plain_coco_eval(Path(cfg.test_evaluator.ann_file), perfect_detections(raw), "faster-coco-eval")[0] == 1.0

@@ -2,6 +2,7 @@
 [tool.importlinter] contracts, checked by import-linter); each console command is about a screen."""
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
@@ -25,7 +25,7 @@ def lint_imports(package_parent: Path) -> subprocess.CompletedProcess:
 def test_the_layers_import_only_downward():
     result = lint_imports(REPO_ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "Contracts: 3 kept, 0 broken." in result.stdout
+    assert "Contracts: 4 kept, 0 broken." in result.stdout
 
 
 @pytest.mark.parametrize("lower, upper, contract", [
@@ -33,7 +33,9 @@ def test_the_layers_import_only_downward():
     ("engine/runner.py", "pisa_train.config.build", "layers import only downward"),
     ("fetch/http.py", "pisa_train.results.coco_metrics", "layers import only downward"),
     ("terminal.py", "pisa_train.engine.runner", "the base modules import no layer"),
-    ("engine/patches/console_streams.py", "pisa_train.engine.hooks.progress_bar", "inside the engine"),
+    ("engine/patches/torchvision_nms.py", "pisa_train.engine.hooks.progress_bar", "inside the engine"),
+    ("engine/checkpoint_files.py", "pisa_train.engine.patches.checkpoint_loading", "inside the engine"),
+    ("engine/patches/amp_on_cpu.py", "pisa_train.engine.patches.torchvision_nms", "patches are independent"),
 ])
 def test_an_upward_import_breaks_a_contract(tmp_path, lower, upper, contract):
     copy = tmp_path / "pisa_train"
@@ -53,6 +55,23 @@ def test_each_console_command_is_about_a_screen(module):
                               f"own to config/, engine/ or results/"
 
 
+def test_a_cycle_between_two_patches_breaks_their_independence(tmp_path):
+    """The cycle issue 21 found (checkpoint_loading imported checkpoint_downloads inside a function, and the
+    other way round): Python never trips on it, the independence contract does."""
+    copy = tmp_path / "pisa_train"
+    shutil.copytree(REPO_ROOT / "pisa_train", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    for one, other in [("checkpoint_loading", "checkpoint_downloads"), ("checkpoint_downloads", "checkpoint_loading")]:
+        module = copy / "engine" / "patches" / f"{one}.py"
+        module.write_text(module.read_text() + f"\n\ndef _sideways():\n"
+                                                f"    import pisa_train.engine.patches.{other}  # noqa: F401\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:]
+    broken = " ".join(result.stdout.split("Broken contracts")[-1].split())
+    assert "the patches are independent of each other" in broken
+    for one, other in [("checkpoint_loading", "checkpoint_downloads"), ("checkpoint_downloads", "checkpoint_loading")]:
+        assert f"pisa_train.engine.patches.{one} -> pisa_train.engine.patches.{other}" in broken, broken[-3000:]
+
+
 PATCHES = REPO_ROOT / "pisa_train" / "engine" / "patches"
 NOT_PATCHES = ("__init__.py", "rebinding.py")  # the index of the patches, and a helper they use
 
@@ -61,7 +80,6 @@ NOT_PATCHES = ("__init__.py", "rebinding.py")  # the index of the patches, and a
 def test_each_patch_names_its_upstream_and_a_guard_test_that_exists(module):
     """STYLE.md: every change to upstream behaviour names the upstream version it changes and the test that
     fails when upstream changes; the module is listed in patches/__init__.py."""
-    import ast
 
     doc = ast.get_docstring(ast.parse((PATCHES / module).read_text())) or ""
     assert re.search(r"\b(mmengine|mmcv|mmdet|torch) \d+\.\d+", doc), f"{module} names no upstream version"

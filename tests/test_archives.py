@@ -8,9 +8,9 @@ import zipfile
 
 import pytest
 
+from pisa_train.errors import DataError, EnvironmentProblem
 from pisa_train.fetch import archives
 from pisa_train.fetch.archives import extract_archive
-from pisa_train.errors import DataError, EnvironmentProblem
 
 
 def _zip(path, members: dict[str, bytes], symlinks: dict[str, str] | None = None,

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from crafted_checkpoints import INFLATED_BYTES, write_inflating_checkpoint
+from tiny_training import tiny_demo, tiny_eval
 
 from pisa_train import exit_codes
-from tiny_training import tiny_demo, tiny_eval
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +128,40 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_runs_nothing(trained
         f"and mmengine training state that pisa-train loads, and unpickling it could run arbitrary code; if you "
         f"trust where this file came from, load it anyway with --trust-checkpoint {evil}")
     assert not marker.exists()
+
+
+def test_a_checkpoint_declaring_far_more_than_it_holds_is_refused_before_loading(trained, tmp_path):
+    """Issue 20, point 7: a real crafted 1.9 MB checkpoint whose one storage record inflates to 2 GB."""
+
+    crafted = write_inflating_checkpoint(tmp_path / "iter_1.pth")
+    code, err = run("evaluate", tiny_eval(crafted, tmp_path / "work"), trained)
+    assert code == exit_codes.CHECKPOINT_ERROR
+    assert re.fullmatch(re.escape(
+        f"pisa-eval: error: checkpoint {crafted} was refused before loading: its entry archive/data/0 declares "
+        f"{INFLATED_BYTES} bytes in ") + r"\d+" + re.escape(
+        " compressed ones, and torch.save writes entries uncompressed; the file was crafted or damaged; use a "
+        "checkpoint written by pisa-train or torch.save"), one_line(err)), err
+
+
+def test_resume_skips_every_file_that_does_not_load_and_names_it(trained, tmp_path):
+    """Issue 20, point 8: a text file named epoch_9.pth (its '(' made torch raise IndexError) and a
+    last_checkpoint naming a file that is no checkpoint are skipped, each in a line; the run resumes."""
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    shutil.copy(trained / "work" / "iter_1.pth", work_dir / "iter_1.pth")
+    text, notes = work_dir / "epoch_9.pth", tmp_path / "notes.txt"
+    text.write_text("(not a checkpoint, just notes\n")
+    notes.write_text("lr 0.02 looked better\n")
+    (work_dir / "last_checkpoint").write_text(str(notes))
+    os.utime(work_dir / "iter_1.pth", (1, 1))  # the oldest: the others are tried first
+    result = subprocess.run([sys.executable, "-m", "pisa_train.cli.train",
+                             *map(str, tiny_demo(work_dir, 2, "--resume"))], cwd=trained, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    for skipped in (text, notes):
+        assert re.search(rf"skipping checkpoint {re.escape(str(skipped))}: checkpoint {re.escape(str(skipped))} "
+                         r"cannot be read; it is truncated or corrupt \(", output), output[-3000:]
+    assert f"resuming from {work_dir / 'iter_1.pth'}" in output
+    assert (work_dir / "iter_2.pth").is_file()

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_runner import build_toy_runner, toy_cfg
 
 from pisa_train.config.rewrites import check_checkpoint_fits_model
 from pisa_train.errors import CheckpointError
-from toy_runner import build_toy_runner, toy_cfg
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ that "no source reachable" does not depend on this machine's network."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import subprocess
 import sys
@@ -12,11 +13,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
+import torch
+import torch.hub
 from conftest import DEMO_CONFIG, REPO_ROOT
 from local_http_server import LocalHTTPServer
-from pisa_train import exit_codes
+from mmengine.runner import checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader
 from tiny_training import tiny_demo
+
+from pisa_train import exit_codes
+from pisa_train.engine.patches.checkpoint_downloads import REMOTE_PREFIXES
 
 EVIL_PICKLE = textwrap.dedent("""
     import os, sys, torch
@@ -59,10 +65,6 @@ def test_upstream_loads_an_https_checkpoint_with_torch_hub_unpickling_in_full(tm
     """Fails when mmengine (0.10.7) stops loading URL checkpoints through torch.hub's
     load_state_dict_from_url, or torch stops unpickling them in full: then checkpoint_downloads
     may go. This is the hole the patch closes: the crafted file runs its code."""
-    import inspect
-
-    import torch.hub
-    from mmengine.runner import checkpoint
 
     assert "load_url(" in inspect.getsource(checkpoint.load_from_http)
     assert inspect.signature(torch.hub.load_state_dict_from_url).parameters["weights_only"].default is False
@@ -78,9 +80,6 @@ def test_upstream_loads_an_https_checkpoint_with_torch_hub_unpickling_in_full(tm
 
 def test_upstream_schemes_are_the_ones_replaced():
     """Fails when mmengine registers other download schemes, which would bypass the patch."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-
-    from pisa_train.engine.patches.checkpoint_downloads import REMOTE_PREFIXES
 
     remote = {prefix for prefix in CheckpointLoader._schemes if "://" in prefix and "s3" not in prefix
               and "petrel" not in prefix and prefix != "pavi://"}
@@ -89,7 +88,6 @@ def test_upstream_schemes_are_the_ones_replaced():
 
 def test_mmcls_checkpoints_keep_only_their_backbone(tmp_path):
     """mmcls:// goes through the resolver too, then mmengine's own reduction to the backbone."""
-    import torch
 
     local = tmp_path / "cls.pth"
     torch.save({"state_dict": {"backbone.conv.weight": torch.ones(1), "head.fc.weight": torch.ones(2)}}, local)
@@ -98,8 +96,8 @@ def test_mmcls_checkpoints_keep_only_their_backbone(tmp_path):
     code = textwrap.dedent(f"""
         from mmengine.runner import checkpoint
         checkpoint.get_mmcls_models = lambda: {{'tiny': 'https://download.openmmlab.com/cls/{name}'}}
-        from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading
-        guard_checkpoint_loading()
+        from pisa_train.engine.patches.checkpoint_downloads import register_remote_checkpoint_loaders
+        register_remote_checkpoint_loaders()
         print('KEYS', sorted(checkpoint._load_checkpoint('mmcls://tiny', map_location='cpu')['state_dict']))
     """)
     with LocalHTTPServer(files={f"/cls/{name}": payload}) as mirror:
@@ -159,8 +157,9 @@ def test_no_source_reachable_for_a_released_model_is_one_line_naming_the_file_an
         f"where there is network (`pisa-data weights --only pisa_faster_rcnn_x101_32x4d_fpn_1x_coco`, or set "
         f"PISA_TRAIN_WEIGHT_MIRRORS to a mirror that has it) and put it at {place}"]
     assert not place.exists()
-    # Failed before anything started: the work dir holds only --data's copy of the annotation file
-    # (Roboflow numbers annotations from 0; the copy from 1), written when the config was built.
+    # Failed before anything started: the work dir holds only the run's lock (one run per work dir) and --data's
+    # copy of the annotation file (Roboflow numbers annotations from 0; the copy from 1), written when the config
+    # was built.
     work = tmp_path / "work"
-    assert [path.relative_to(work).as_posix() for path in work.rglob("*") if path.is_file()] == [
-        "annotations/train.json"]
+    assert sorted(path.relative_to(work).as_posix() for path in work.rglob("*") if path.is_file()) == [
+        ".pisa-train.lock", "annotations/train.json"]

@@ -8,17 +8,18 @@ import os
 import pytest
 import torch
 from mmengine.fileio import LocalBackend
-
-from pisa_train.engine.hooks import atomic_checkpoint as checkpoint_saving
-from pisa_train.engine.hooks.atomic_checkpoint import keep_plan
-from pisa_train.files import publish_atomically, remove_stale_temp_files, temp_path_for, write_text_atomically
-from pisa_train.errors import CheckpointSaveError
+from tiny_training import tiny_demo
 from toy_runner import build_toy_runner, toy_cfg
+
+from pisa_train.engine.checkpoint_files import load_checkpoint_file
+from pisa_train.engine.hooks import atomic_checkpoint as checkpoint_saving
+from pisa_train.engine.hooks.atomic_checkpoint import keep_plan, outdated_checkpoints
+from pisa_train.engine.resume import resolve_auto_resume
+from pisa_train.errors import CheckpointSaveError
+from pisa_train.files import publish_atomically, remove_stale_temp_files, temp_path_for, write_text_atomically
 
 
 def load(path):
-    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
-
     return load_checkpoint_file(str(path), map_location="cpu")
 
 
@@ -154,8 +155,81 @@ def test_saved_checkpoints_hold_a_complete_training_state(tmp_path):
 
 
 def test_outdated_checkpoints_are_those_older_than_every_kept_one():
-    from pisa_train.engine.hooks.atomic_checkpoint import outdated_checkpoints
-
     names = ["iter_3.pth", "iter_4.pth", "iter_5.pth", "iter_12.pth", "epoch_1.pth", "iter_2.pth.bak"]
     assert outdated_checkpoints(names, "iter_{}.pth", [4, 5]) == ["iter_3.pth"]
     assert outdated_checkpoints(names, "iter_{}.pth", []) == []
+
+
+# default_hooks.checkpoint.out_dir, as mmengine 0.10.7's tests/test_hooks/test_checkpoint_hook.py checks it
+# for CheckpointHook (test_before_train, test_with_runner): the same behaviour from both hooks.
+@pytest.mark.parametrize("hook", ["CheckpointHook", "AtomicCheckpointHook"])
+def test_out_dir_is_out_dir_slash_the_work_dir_name_and_made_only_at_the_first_save(tmp_path, hook):
+    work_dir, out_dir = tmp_path / "run", tmp_path / "shared" / "checkpoints"
+    cfg = toy_cfg(work_dir, max_iters=1)
+    cfg.default_hooks.checkpoint.type = hook
+    cfg.default_hooks.checkpoint.out_dir = str(out_dir)
+    runner = build_toy_runner(cfg)
+    checkpoint_hook = next(h for h in runner.hooks if type(h).__name__ == hook)
+    checkpoint_hook.before_train(runner)  # AtomicCheckpointHook listed this folder and died here (issue 20)
+    assert checkpoint_hook.out_dir == str(out_dir / "run")
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("by_epoch", [False, True])
+def test_out_dir_holds_the_same_checkpoints_as_upstreams_and_last_checkpoint_names_them(tmp_path, by_epoch):
+    saved = {}
+    for hook in ("CheckpointHook", "AtomicCheckpointHook"):
+        work_dir, out_dir = tmp_path / hook / "run", tmp_path / hook / "out"
+        cfg = toy_cfg(work_dir, max_iters=5, by_epoch=by_epoch, max_keep_ckpts=2)
+        cfg.default_hooks.checkpoint.type = hook
+        cfg.default_hooks.checkpoint.out_dir = str(out_dir)
+        build_toy_runner(cfg).train()
+        last = "epoch_2.pth" if by_epoch else "iter_5.pth"
+        assert (work_dir / "last_checkpoint").read_text() == str(out_dir / "run" / last)
+        assert not list(work_dir.glob("*.pth"))
+        saved[hook] = checkpoints(out_dir / "run")
+        assert load(out_dir / "run" / last)["meta"]["epoch" if by_epoch else "iter"] == (2 if by_epoch else 5)
+    assert saved["AtomicCheckpointHook"] == saved["CheckpointHook"]
+
+
+def test_a_run_with_an_out_dir_resumes_from_there(tmp_path):
+    """--resume (engine/resume.py) finds out_dir's checkpoints: through last_checkpoint, and, when the newest
+    is unreadable, the older one beside it."""
+
+    work_dir, out_dir = tmp_path / "run", tmp_path / "out"
+    cfg = toy_cfg(work_dir, max_iters=4, max_keep_ckpts=2)
+    cfg.default_hooks.checkpoint.out_dir = str(out_dir)
+    build_toy_runner(cfg).train()
+    assert checkpoints(out_dir / "run") == ["iter_3.pth", "iter_4.pth"]
+    (out_dir / "run" / "iter_4.pth").write_bytes(b"cut short")
+    lines = []
+    resumed = toy_cfg(work_dir, max_iters=6, max_keep_ckpts=2)
+    resumed.default_hooks.checkpoint.out_dir = str(out_dir)
+    resumed.resume = True
+    resumed = resolve_auto_resume(resumed, lines.append)
+    assert resumed.load_from == str(out_dir / "run" / "iter_3.pth")
+    assert lines[0].startswith(f"skipping checkpoint {out_dir / 'run' / 'iter_4.pth'}: checkpoint ")
+    runner = build_toy_runner(resumed)
+    runner.train()
+    assert runner.iter == 6
+    assert load(out_dir / "run" / "iter_6.pth")["meta"]["iter"] == 6
+
+
+@pytest.mark.slow
+def test_a_config_with_out_dir_set_to_a_new_folder_trains_saves_there_and_resumes(tmp_path, run_cli):
+    """Issue 20, point 9: checkpoints on a shared disk (default_hooks.checkpoint.out_dir), through the real
+    command; AtomicCheckpointHook crashed in before_train on the folder upstream makes at the first save."""
+
+    work_dir, out_dir = tmp_path / "work", tmp_path / "shared-disk" / "checkpoints"
+    out_dir_option = f"default_hooks.checkpoint.out_dir={out_dir}"  # after tiny_demo's --cfg-add: a new key
+    first = run_cli("train", [*tiny_demo(work_dir, 2), out_dir_option], tmp_path, timeout=600)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    saved = out_dir / "work"
+    assert sorted(p.name for p in saved.glob("*.pth")) == ["iter_1.pth", "iter_2.pth"]
+    assert not list(work_dir.glob("*.pth"))
+    assert (work_dir / "last_checkpoint").read_text() == str(saved / "iter_2.pth")
+
+    resumed = run_cli("train", [*tiny_demo(work_dir, 3, "--resume"), out_dir_option], tmp_path, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert f"resuming from {saved / 'iter_2.pth'}" in resumed.stdout + resumed.stderr
+    assert load(saved / "iter_3.pth")["meta"]["iter"] == 3

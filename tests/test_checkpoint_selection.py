@@ -5,12 +5,12 @@ import os
 import time
 
 import pytest
+from toy_runner import toy_cfg
 
 from pisa_train.engine import runner as engine
+from pisa_train.engine.checkpoint_files import load_checkpoint_file
 from pisa_train.engine.resume import checkpoint_candidates, choose_resume_checkpoint, resolve_auto_resume
 from pisa_train.errors import CheckpointError, UnsafeCheckpointError
-from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
-from toy_runner import toy_cfg
 
 
 @pytest.fixture
@@ -87,3 +87,27 @@ def test_a_checkpoint_without_training_state_is_skipped(tmp_path):
         choose_resume_checkpoint([str(tmp_path / "iter_1.pth")], lambda p: {"state_dict": {}}, lines.append)
     assert lines == [f"skipping checkpoint {tmp_path / 'iter_1.pth'}: it has no training state "
                      f"(meta.epoch, meta.iter, state_dict)"]
+
+
+def test_a_file_that_does_not_load_for_any_reason_is_skipped_and_named(tmp_path):
+    """Issue 20, point 8: whatever a loader raises (IndexError from torch's unpickler on a text file starting
+    with '(' was one), the file is skipped in a line and the next one tried."""
+    for step, age in ((1, 100), (2, 50), (3, 0)):
+        (tmp_path / f"iter_{step}.pth").write_bytes(b"x")
+        os.utime(tmp_path / f"iter_{step}.pth", (time.time() - age,) * 2)
+    (tmp_path / "last_checkpoint").write_bytes(b"\xff\xfe not text \x00")  # no candidate, and no error
+
+    def load(path):
+        if path.endswith("iter_3.pth"):
+            raise IndexError("pop from empty list")
+        if path.endswith("iter_2.pth"):
+            raise CheckpointError(f"checkpoint {path} cannot be read")
+        return {"state_dict": {}, "meta": {"epoch": 0, "iter": 1}}
+
+    lines = []
+    assert choose_resume_checkpoint(checkpoint_candidates(str(tmp_path)), load, lines.append) == \
+        str(tmp_path / "iter_1.pth")
+    assert lines == [f"skipping checkpoint {tmp_path / 'iter_3.pth'}: it cannot be read (IndexError: pop from "
+                     f"empty list)",
+                     f"skipping checkpoint {tmp_path / 'iter_2.pth'}: checkpoint {tmp_path / 'iter_2.pth'} cannot "
+                     f"be read"]

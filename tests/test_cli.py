@@ -7,16 +7,19 @@ import subprocess
 import sys
 
 import pytest
-
+import torch
 from conftest import DEMO_CONFIG, REPO_ROOT, X101_PISA_CONFIG
+from roboflow_export import read_export
+
 from pisa_train import exit_codes
 from pisa_train.cli import evaluate as eval_cli
 from pisa_train.cli import train as train_cli
 from pisa_train.config.build import build_test_config, build_train_config
+from pisa_train.error_reporting import run_reporting_errors
 
 
 def train_config(*argv, device="cpu"):
-    args = train_cli.build_parser().parse_args([str(a) for a in argv])
+    args = train_cli.parse_request([str(a) for a in argv])
     return build_train_config(args, device)[0]
 
 
@@ -71,7 +74,7 @@ def test_cpu_runs_use_gloo_for_distributed_and_cuda_runs_keep_nccl():
 def test_eval_config_loads_the_checkpoint_and_draws_into_show_dir(tmp_path):
     checkpoint = tmp_path / "iter_2.pth"
     checkpoint.write_bytes(b"x")
-    args = eval_cli.build_parser().parse_args([str(DEMO_CONFIG), str(checkpoint), "--show-dir", str(tmp_path / "vis"),
+    args = eval_cli.parse_request([str(DEMO_CONFIG), str(checkpoint), "--show-dir", str(tmp_path / "vis"),
                                                "--work-dir", str(tmp_path / "w")])
     cfg, _ = build_test_config(args, "cpu")
     assert cfg.load_from == str(checkpoint) and not cfg.resume
@@ -141,8 +144,6 @@ def test_eval_bad_input(tmp_path, capsys):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_asked_for_but_absent(capsys):
-    import torch
-
     assert train_cli.main([str(X101_PISA_CONFIG), "--device", "cuda"]) == exit_codes.ENVIRONMENT_ERROR
     assert capsys.readouterr().err == (
         f"pisa-train: error: --device cuda asked for, but no CUDA GPU is visible (torch {torch.__version__} built with "
@@ -162,8 +163,6 @@ def test_help_imports_neither_torch_nor_mmdet(module):
 
 
 def test_unexpected_errors_are_one_line_with_a_debug_hint(capsys):
-    from pisa_train.error_reporting import run_reporting_errors
-
     def broken():
         raise RuntimeError("something upstream broke\nsecond line")
 
@@ -176,15 +175,16 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(capsys):
 
 def test_data_points_the_x101_config_at_a_roboflow_export(roboflow_export):
     export = roboflow_export
+    classes = read_export(export).classes
     cfg = train_config(X101_PISA_CONFIG, "--data", export)
     dataset = cfg.train_dataloader.dataset
-    assert tuple(dataset.metainfo.classes) == ("shuttlecock",)
-    assert cfg.model.roi_head.bbox_head.num_classes == 1
+    assert tuple(dataset.metainfo.classes) == classes
+    assert cfg.model.roi_head.bbox_head.num_classes == len(classes)
     assert dataset.data_root == str(export)
     # Roboflow numbers annotations from 0, which COCO evaluation reads as "unmatched": a renumbered copy.
     assert dataset.ann_file == os.path.abspath(os.path.join(cfg.work_dir, "annotations", "train.json"))
     assert cfg.val_dataloader is None  # a train split only: no validation
-    args = train_cli.build_parser().parse_args([str(X101_PISA_CONFIG), "--data", str(export)])
+    args = train_cli.parse_request([str(X101_PISA_CONFIG), "--data", str(export)])
     notes = build_train_config(args, "cpu")[1]
-    assert any("shuttlecock" in line for line in notes)
+    assert any(classes[0] in line for line in notes)
     assert any("without validation" in line for line in notes)

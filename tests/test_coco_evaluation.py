@@ -6,8 +6,10 @@ import copy
 
 import numpy as np
 import pytest
-
 from generated_coco import generate_ground_truth_and_detections
+from PIL import Image
+
+from pisa_train.errors import DataError
 from pisa_train.results.coco_metrics import evaluate_bbox, per_class_ap, plot_precision_recall_curves
 
 
@@ -61,8 +63,6 @@ def test_a_perfect_detector_has_ap_one_per_class_and_no_detections_ap_zero():
 
 
 def test_classes_limit_the_evaluation_and_an_unknown_class_is_a_data_error():
-    from pisa_train.errors import DataError
-
     ground_truth, detections = generate_ground_truth_and_detections(num_images=60, num_classes=3, seed=4)
     table = per_class_ap(evaluate_bbox(ground_truth, detections, classes=["class_2", "class_0"]))
     assert list(table) == ["class_0", "class_2"]  # COCOeval orders the classes by category id
@@ -71,8 +71,6 @@ def test_classes_limit_the_evaluation_and_an_unknown_class_is_a_data_error():
 
 
 def test_precision_recall_curves_are_one_png_per_class(tmp_path):
-    from PIL import Image
-
     ground_truth, detections = generate_ground_truth_and_detections(num_images=60, num_classes=3, seed=5)
     written = plot_precision_recall_curves(evaluate_bbox(ground_truth, detections), tmp_path)
     assert [p.name for p in written] == [f"pr_curve_class_{k}.png" for k in range(3)]

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import pytest
-from mmengine.config import Config
-
 from conftest import DEMO_CONFIG, X101_PISA_CONFIG
+from mmdet.datasets import CocoDataset
+from mmengine.config import Config
+from mmengine.hooks import CheckpointHook
+from tiny_training import tiny_demo
+
 from pisa_train import exit_codes
 from pisa_train.cli import evaluate as eval_cli
+from pisa_train.cli import infer as infer_cli
 from pisa_train.cli import train as train_cli
-from pisa_train.config.build import build_train_config
+from pisa_train.config.build import build_infer_config, build_test_config, build_train_config
 from pisa_train.config.loading import config_key_paths, load_config, parse_cfg_options, unknown_key_message
 from pisa_train.config.settings import class_built_by, class_parameters
+from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
 from pisa_train.errors import ConfigError
 
 
 def train_config(*argv):
-    args = train_cli.build_parser().parse_args([str(a) for a in argv])
+    args = train_cli.parse_request([str(a) for a in argv])
     return build_train_config(args, "cpu")[0]
 
 
@@ -168,25 +173,17 @@ def test_anything_inside_a_dict_valued_parameter_is_accepted_but_not_inside_a_nu
 
 
 def test_pisa_eval_and_pisa_infer_accept_class_parameters_too(tmp_path):
-    from pisa_train.cli import infer as infer_cli
-    from pisa_train.config.build import build_infer_config, build_test_config
-
     checkpoint = tmp_path / "c.pth"
     checkpoint.write_bytes(b"x")
     option = "test_dataloader.dataset.lazy_init=True"
-    args = eval_cli.build_parser().parse_args([str(X101_PISA_CONFIG), str(checkpoint), "--cfg-options", option])
+    args = eval_cli.parse_request([str(X101_PISA_CONFIG), str(checkpoint), "--cfg-options", option])
     assert build_test_config(args, "cpu")[0].test_dataloader.dataset.lazy_init is True
-    args = infer_cli.build_parser().parse_args([str(X101_PISA_CONFIG), str(checkpoint), "x.jpg", "--out",
+    args = infer_cli.parse_request([str(X101_PISA_CONFIG), str(checkpoint), "x.jpg", "--out",
                                                 str(tmp_path), "--cfg-options", option])
     assert build_infer_config(args, "cpu")[0].test_dataloader.dataset.lazy_init is True
 
 
 def test_class_parameters_follow_kwargs_to_the_base_classes():
-    from mmdet.datasets import CocoDataset
-    from mmengine.hooks import CheckpointHook
-
-    from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
-
     class Base:
         def __init__(self, a, b=1):
             pass
@@ -258,7 +255,6 @@ optim_wrapper = dict(_delete_=True, type='OptimWrapper',
 ])
 def test_each_everyday_override_trains_the_demo(tmp_path, run_cli, option, iterations, checkpoints):
     """Each trains the (tiny) demo with --cfg-options alone, and does in the run what it says."""
-    from tiny_training import tiny_demo
 
     config = tmp_path / "demo_as_mmdet_leaves_it.py"
     config.write_text(DEMO_AS_MMDET_LEAVES_IT)

@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-from mmengine.config import Config
-
 from conftest import CONFIGS
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
 
 # Our config -> the installed mmdet's config it must equal once merged.
 MMDET_EQUIVALENTS = {
@@ -105,9 +106,6 @@ def test_config_names_follow_the_mmdetection_convention(name):
 
 @pytest.mark.parametrize("name", USER_CONFIGS)
 def test_every_config_builds_its_model(name):
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
     register_all_modules()
     cfg = Config.fromfile(str(CONFIGS / name))
     cfg.model.backbone.init_cfg = None  # no download in tests

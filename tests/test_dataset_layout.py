@@ -2,18 +2,27 @@
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 from mmengine import Config
+from roboflow_export import read_export
+from tiny_coco import (
+    coco_dict,
+    make_coco2017,
+    make_images_folder,
+    make_repacked_roboflow,
+    make_roboflow,
+    write_split,
+)
+from tiny_training import MODEL_OPTIONS, TRAIN_OPTIONS, tiny_demo
 
-from pisa_train.data import coco_annotations
 from pisa_train.config.dataset_folder import apply_dataset_folder, use_dataset_folder
+from pisa_train.data import coco_annotations
 from pisa_train.data.layout import describe_dataset, find_layout, resolve_dataset
 from pisa_train.errors import ConfigError, DataError
-from tiny_coco import (ROBOFLOW_FIXTURE, coco_dict, make_coco2017, make_images_folder, make_repacked_roboflow,
-                       make_roboflow)
 
 MMDET_STYLE_CONFIG = """
 dataset_type = 'CocoDataset'
@@ -45,40 +54,42 @@ def config(tmp_path):
     return Config.fromfile(str(path))
 
 
-def test_real_roboflow_export_resolves_to_shuttlecock_only():
-    layout = resolve_dataset(ROBOFLOW_FIXTURE)
+def test_a_roboflow_export_resolves_to_its_classes_without_the_root_category(roboflow_fixture):
+    contents = read_export(roboflow_fixture)
+    layout = resolve_dataset(roboflow_fixture)
     assert layout.kind == "roboflow"
-    assert layout.classes == ("shuttlecock",)
-    assert layout.category_ids == (1,)
-    assert layout.dropped_categories == ("badminton",)
+    assert layout.classes == contents.classes
+    assert layout.category_ids == contents.class_ids
+    assert layout.dropped_categories == (contents.root_category,)
     assert list(layout.splits) == ["train"]
     assert layout.splits["train"].ann_file == "train/_annotations.coco.json"
     assert layout.splits["train"].img_prefix == "train/"
 
 
-def test_real_roboflow_export_config_has_one_class_and_no_validation(config):
-    layout = resolve_dataset(ROBOFLOW_FIXTURE)
+def test_a_roboflow_export_config_has_its_classes_and_no_validation(config, roboflow_fixture):
+    classes = read_export(roboflow_fixture).classes
+    layout = resolve_dataset(roboflow_fixture)
     cfg, notes = apply_dataset_folder(config, layout)
-    assert cfg.model.roi_head.bbox_head.num_classes == 1
+    assert cfg.model.roi_head.bbox_head.num_classes == len(classes)
     train = cfg.train_dataloader.dataset.dataset
-    assert train.metainfo.classes == ("shuttlecock",)
-    assert train.data_root == str(ROBOFLOW_FIXTURE.resolve())  # resolved: shared/ may be a link
+    assert train.metainfo.classes == classes
+    assert train.data_root == str(roboflow_fixture.resolve())  # resolved: shared/ may be a link
     assert train.ann_file == "train/_annotations.coco.json"
     assert train.data_prefix == dict(img="train/")
     assert cfg.val_dataloader is None and cfg.val_cfg is None and cfg.val_evaluator is None
     assert cfg.train_cfg.val_interval > cfg.train_cfg.max_epochs
-    assert any("without validation" in note for note in notes)
+    assert any("without validation" in note and "pisa-data split" in note for note in notes)
     # the input config is untouched
     assert config.model.roi_head.bbox_head.num_classes == 80
     assert config.val_dataloader is not None
 
 
-def test_against_the_project_pisa_config():
-    from pathlib import Path
+def test_against_the_project_pisa_config(roboflow_fixture):
+    classes = read_export(roboflow_fixture).classes
     path = Path(__file__).resolve().parents[1] / "configs" / "pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
-    cfg, notes = apply_dataset_folder(Config.fromfile(str(path)), resolve_dataset(ROBOFLOW_FIXTURE))
-    assert cfg.model.roi_head.bbox_head.num_classes == 1
-    assert cfg.train_dataloader.dataset.metainfo.classes == ("shuttlecock",)
+    cfg, notes = apply_dataset_folder(Config.fromfile(str(path)), resolve_dataset(roboflow_fixture))
+    assert cfg.model.roi_head.bbox_head.num_classes == len(classes)
+    assert cfg.train_dataloader.dataset.metainfo.classes == classes
     assert cfg.val_dataloader is None and notes
 
 
@@ -214,9 +225,10 @@ def test_concat_dataset_is_refused_with_a_clear_message(tmp_path):
         apply_dataset_folder(cfg, resolve_dataset(make_roboflow(tmp_path / "ds", splits=("train",))))
 
 
-def test_describe_names_classes_and_splits():
-    text = describe_dataset(resolve_dataset(ROBOFLOW_FIXTURE))
-    assert "shuttlecock" in text and "badminton" in text and "val:" in text
+def test_describe_names_classes_and_splits(roboflow_fixture):
+    contents = read_export(roboflow_fixture)
+    text = describe_dataset(resolve_dataset(roboflow_fixture))
+    assert contents.classes[0] in text and contents.root_category in text and "val:" in text
 
 
 def test_large_file_categories_are_read_without_a_full_parse(tmp_path, monkeypatch):
@@ -231,7 +243,6 @@ def test_large_file_categories_are_read_without_a_full_parse(tmp_path, monkeypat
 
 
 def test_annotations_folder_with_split_named_image_folders(tmp_path):
-    from tiny_coco import write_split
     root = tmp_path / "ds"
     for split in ("train", "val"):
         write_split(root / split, root / "annotations" / f"{split}.json", coco_dict())
@@ -359,7 +370,6 @@ def test_two_file_names_that_find_the_same_file_are_refused(tmp_path):
 def _export_shapes(shapes: Path, root: Path, repacked: bool) -> Path:
     """The shapes dataset as an export: Roboflow splits with their images in images/ and YOLO labels/
     beside (``repacked``), or beside the annotation file but named with an export/ folder not on disk."""
-    import shutil
 
     for split, folder in (("train", "train"), ("val", "valid")):
         data = json.loads((shapes / "annotations" / f"{split}.json").read_text())
@@ -379,8 +389,6 @@ def _export_shapes(shapes: Path, root: Path, repacked: bool) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("repacked", [True, False], ids=["images-subfolders", "folders-in-file-name"])
 def test_an_export_with_images_where_exports_put_them_trains_with_data(tmp_path, shapes_dataset, run_cli, repacked):
-    from tiny_training import MODEL_OPTIONS, TRAIN_OPTIONS, tiny_demo
-
     export = _export_shapes(shapes_dataset, tmp_path / "export", repacked)
     work_dir = tmp_path / "work"
     argv = tiny_demo(work_dir, 1)

@@ -4,16 +4,38 @@ variables, the mmengine 0.10.7 behaviours distributed_on_cpu works around, and (
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.distributed as torch_dist
+from conftest import REPO_ROOT, run_command
+from mmengine.config import Config
+from mmengine.dist import utils as dist_utils
+from mmengine.model import MMDistributedDataParallel
+from mmengine.runner import Runner
+from test_interrupted_training import FAULT_INJECTION, saved_iterations
+from tiny_training import tiny_demo
+from torch.distributed.run import get_args_parser
 
+from pisa_train.cli.train import main
 from pisa_train.config import rewrites as rewrite
-from pisa_train.errors import UsageError
+from pisa_train.data import synthetic_shapes
 from pisa_train.engine.launch import torchrun_arguments, worker_arguments
-
+from pisa_train.engine.patches.distributed_on_cpu import (
+    CpuDistributedDataParallel,
+    first_host_of,
+    init_process_group_on_cpu,
+    mpi_process_environment,
+    slurm_process_environment,
+)
+from pisa_train.engine.runner import describe_run, launched_rank, launched_world_size
+from pisa_train.errors import EnvironmentProblem, UsageError
 
 # ---- the launcher's arguments (pure) ---------------------------------------------------------
 
@@ -32,7 +54,6 @@ def test_torchrun_arguments():
     assert multi[:12] == ["--nproc-per-node", "8", "--nnodes", "2", "--node-rank", "1", "--master-addr",
                           "10.0.0.1", "--master-port", "29511", "--module", "pisa_train.cli.train"]
     # What torchrun itself makes of them.
-    from torch.distributed.run import get_args_parser
 
     parsed = get_args_parser().parse_args(multi)
     assert (parsed.nproc_per_node, parsed.nnodes, parsed.node_rank, parsed.master_addr, parsed.master_port,
@@ -43,15 +64,11 @@ def test_torchrun_arguments():
 
 
 def test_nproc_with_a_launcher_is_refused(capsys):
-    from pisa_train.cli.train import main
-
     assert main(["c.py", "--nproc", "2", "--launcher", "slurm"]) == 2
     assert "leave out --launcher slurm" in capsys.readouterr().err
 
 
 def test_cpu_model_wrapper_only_for_distributed_cpu_runs():
-    from mmengine.config import Config
-
     cfg = Config(dict(launcher="pytorch", model=dict(type="M")))
     wrapped = rewrite.use_cpu_model_wrapper(cfg, "cpu")
     assert wrapped.model_wrapper_cfg == dict(type="CpuDistributedDataParallel", broadcast_buffers=False,
@@ -64,8 +81,6 @@ def test_cpu_model_wrapper_only_for_distributed_cpu_runs():
 
 
 def test_distributed_runs_log_every_ranks_loss_at_the_logger_interval():
-    from mmengine.config import Config
-
     cfg = Config(dict(launcher="pytorch", default_hooks=dict(logger=dict(interval=5)), custom_hooks=[]))
     assert rewrite.log_losses_per_rank(cfg).custom_hooks == [dict(type="PerRankLossHook", interval=5)]
     single = Config(dict(launcher="none", default_hooks=dict(logger=dict(interval=5))))
@@ -73,10 +88,6 @@ def test_distributed_runs_log_every_ranks_loss_at_the_logger_interval():
 
 
 def test_describe_run_states_world_size_total_batch_and_scaled_lr(monkeypatch):
-    from mmengine.config import Config
-
-    from pisa_train.engine.runner import describe_run
-
     cfg = Config(dict(launcher="pytorch", work_dir="w", model=dict(roi_head=dict(bbox_head=dict(num_classes=3))),
                       train_dataloader=dict(batch_size=2, dataset=dict(type="CocoDataset")),
                       optim_wrapper=dict(type="OptimWrapper", optimizer=dict(lr=0.02)),
@@ -92,9 +103,6 @@ def test_describe_run_states_world_size_total_batch_and_scaled_lr(monkeypatch):
 
 def test_describe_run_reads_the_world_size_of_an_srun_started_process(monkeypatch):
     """srun sets SLURM_NTASKS and SLURM_PROCID; RANK and WORLD_SIZE come only when the process group starts."""
-    from mmengine.config import Config
-
-    from pisa_train.engine.runner import describe_run, launched_rank, launched_world_size
 
     cfg = Config(dict(launcher="slurm", work_dir="w", model=dict(roi_head=dict(bbox_head=dict(num_classes=3))),
                       train_dataloader=dict(batch_size=2, dataset=dict(type="CocoDataset")),
@@ -117,8 +125,6 @@ SRUN_VARIABLES = dict(SLURM_PROCID="1", SLURM_NTASKS="4", SLURM_LOCALID="1", SLU
 
 
 def test_slurm_process_environment_is_what_mmengine_sets():
-    from pisa_train.engine.patches.distributed_on_cpu import slurm_process_environment
-
     first_host = {"node[07-08]": "node07"}.__getitem__
     assert slurm_process_environment(SRUN_VARIABLES, first_host=first_host) == dict(
         RANK="1", WORLD_SIZE="4", LOCAL_RANK="1", MASTER_ADDR="node07", MASTER_PORT="29500")
@@ -130,9 +136,6 @@ def test_slurm_process_environment_is_what_mmengine_sets():
 
 
 def test_slurm_process_environment_without_srun_says_what_is_missing(tmp_path, monkeypatch):
-    from pisa_train.engine.patches.distributed_on_cpu import first_host_of, slurm_process_environment
-    from pisa_train.errors import EnvironmentProblem
-
     with pytest.raises(EnvironmentProblem, match=r"SLURM_PROCID, SLURM_NODELIST not set; start the processes "
                                                  r"with srun \(tools/slurm_train.sh\), or use --nproc N"):
         slurm_process_environment(dict(SLURM_NTASKS="2"))
@@ -147,9 +150,6 @@ def test_slurm_process_environment_without_srun_says_what_is_missing(tmp_path, m
 
 
 def test_mpi_process_environment_is_what_mmengine_sets_and_says_what_is_missing():
-    from pisa_train.engine.patches.distributed_on_cpu import mpi_process_environment
-    from pisa_train.errors import EnvironmentProblem
-
     mpirun = dict(OMPI_COMM_WORLD_RANK="3", OMPI_COMM_WORLD_SIZE="4", OMPI_COMM_WORLD_LOCAL_RANK="1",
                   MASTER_ADDR="node01")
     assert mpi_process_environment(mpirun) == dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1",
@@ -168,7 +168,6 @@ def test_mpi_process_environment_is_what_mmengine_sets_and_says_what_is_missing(
 def test_mmengine_still_needs_a_gpu_to_init_an_mpi_launched_run():
     """mmengine 0.10.7's _init_dist_mpi calls torch.cuda.set_device and reads the OMPI_COMM_WORLD_*
     variables that mpi_process_environment reads; if that changes, revisit distributed_on_cpu."""
-    from mmengine.dist import utils as dist_utils
 
     source = inspect.getsource(dist_utils._init_dist_mpi)
     assert "torch.cuda.set_device(local_rank)" in source
@@ -181,8 +180,6 @@ def test_mmengine_still_needs_a_gpu_to_init_a_pytorch_launched_run():
     """mmengine 0.10.7 calls torch.cuda.set_device before init_process_group whatever the
     backend, and skips its own init when the process group exists. If either changes,
     distributed_on_cpu.init_process_group_on_cpu must be revisited (or removed)."""
-    from mmengine.dist import utils as dist_utils
-    from mmengine.runner import Runner
 
     init_source = inspect.getsource(dist_utils._init_dist_pytorch)
     assert re.search(r"else:\s*\n\s*torch\.cuda\.set_device\(local_rank\)", init_source)
@@ -195,10 +192,6 @@ def test_mmengine_still_needs_a_gpu_to_init_an_srun_launched_run(monkeypatch):
     MASTER_PORT from srun's variables, then calls torch.cuda.set_device whatever the backend:
     distributed_on_cpu.slurm_process_environment must set the same, and without a GPU
     init_process_group_on_cpu must start the group instead. If either changes, revisit them."""
-    import torch.distributed as torch_dist
-    from mmengine.dist import utils as dist_utils
-
-    from pisa_train.engine.patches.distributed_on_cpu import slurm_process_environment
 
     source = inspect.getsource(dist_utils._init_dist_slurm)
     assert re.search(r"else:\s*\n\s*torch\.cuda\.set_device\(local_rank\)", source)
@@ -231,14 +224,6 @@ def test_mmengine_still_needs_a_gpu_to_init_an_srun_launched_run(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, mmengine starts the process group itself")
 def test_init_process_group_on_cpu_starts_an_srun_launched_process(monkeypatch):
-    import socket
-
-    import torch.distributed as torch_dist
-    from mmengine.config import Config
-
-    from pisa_train.engine.patches.distributed_on_cpu import init_process_group_on_cpu
-    from pisa_train.errors import EnvironmentProblem
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -259,11 +244,6 @@ def test_init_process_group_on_cpu_starts_an_srun_launched_process(monkeypatch):
 
 
 def test_cpu_model_wrapper_accepts_what_torch_refuses_on_the_cpu(tmp_path):
-    import torch.distributed as torch_dist
-    from mmengine.model import MMDistributedDataParallel
-
-    from pisa_train.engine.patches.distributed_on_cpu import CpuDistributedDataParallel
-
     torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         with pytest.raises(ValueError, match="device_ids"):
@@ -279,9 +259,6 @@ def test_cpu_model_wrapper_accepts_what_torch_refuses_on_the_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_on_cpu_train_checkpoint_once_and_resume(tmp_path):
-    from conftest import run_command
-    from tiny_training import tiny_demo
-
     work_dir = tmp_path / "work"
     first = run_command("train", tiny_demo(work_dir, 2, "--nproc", "2", "--auto-scale-lr"), cwd=tmp_path, timeout=300)
     log = first.stdout + first.stderr
@@ -311,11 +288,6 @@ def test_when_one_of_two_processes_diverges_both_stop_at_that_iteration_with_exi
     finite, yet both stop after that iteration (else rank 0 would wait forever in the next all-reduce),
     both name rank 1's term, and the last good checkpoint stays the newest. Rank 0 is slow to write its
     line (injected too): rank 1 must not exit before it, or torchrun stops rank 0 with its line unwritten."""
-    import subprocess
-    import sys
-
-    from test_interrupted_training import FAULT_INJECTION, saved_iterations
-    from tiny_training import tiny_demo
 
     work_dir = tmp_path / "work"
     env = dict(os.environ, PYTHONUNBUFFERED="1", PISA_TEST_NAN_LOSS_AT_ITER="3", PISA_TEST_NAN_LOSS_RANK="1",
@@ -337,15 +309,14 @@ def test_when_one_of_two_processes_diverges_both_stop_at_that_iteration_with_exi
 
 def assert_rank_0_alone_wrote_the_work_dir(work_dir):
     """One set of checkpoints and one run record and report (rank 0 writes them), no temporary files."""
-    import json
 
     assert sorted(p.name for p in work_dir.iterdir() if p.is_file() and not p.name.endswith(".py")
                   and not p.name.endswith(".png")) == [
-        "iter_1.pth", "iter_2.pth", "last_checkpoint", "report.html", "run.json"]
+        ".pisa-train.lock", "iter_1.pth", "iter_2.pth", "last_checkpoint", "report.html", "run.json"]
     runs = json.loads((work_dir / "run.json").read_text())["runs"]
     assert len(runs) == 1 and runs[0]["last_checkpoint"].endswith("iter_2.pth"), runs
     assert sum("world size: 2;" in line for line in runs[0]["description"]) == 1, runs[0]["description"]
-    assert not [p for p in work_dir.rglob(".*") if p.is_file()]
+    assert not [p for p in work_dir.rglob(".*") if p.is_file() and p.name != ".pisa-train.lock"]  # rank 0's lock
 
 
 # What srun and Open MPI's mpirun give each process they start (rank, world size of 2).
@@ -363,11 +334,6 @@ def test_two_processes_started_by_srun_or_mpirun_on_cpu_train_and_checkpoint_onc
     """--launcher slurm and --launcher mpi on the CPU: two processes started as srun (or mpirun)
     starts them, each with its launcher's variables (neither srun nor mpirun is installed here,
     and there is no scontrol: MASTER_ADDR is given, as a batch script may, and as mpirun needs)."""
-    import socket
-    import subprocess
-    import sys
-
-    from tiny_training import tiny_demo
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -399,9 +365,6 @@ def test_two_processes_started_by_srun_or_mpirun_on_cpu_train_and_checkpoint_onc
 
 def test_dist_train_and_slurm_train_scripts_start_pisa_train(tmp_path):
     """The scripts' command lines, with `echo` standing in for python and srun."""
-    import subprocess
-
-    from conftest import REPO_ROOT
 
     env = dict(os.environ, PYTHON="echo", NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1", PORT="29511")
     out = subprocess.run(["bash", str(REPO_ROOT / "tools" / "dist_train.sh"), "c.py", "4", "--amp"], env=env,
@@ -409,7 +372,6 @@ def test_dist_train_and_slurm_train_scripts_start_pisa_train(tmp_path):
     assert out == ["-m", "torch.distributed.run", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1",
                    "--nproc-per-node=4", "--master-port=29511", "--module", "pisa_train.cli.train", "c.py",
                    "--launcher", "pytorch", "--amp"]
-    from torch.distributed.run import get_args_parser
 
     assert get_args_parser().parse_args(out[2:]).nproc_per_node == "4"  # torchrun accepts them
 
@@ -435,9 +397,6 @@ def test_synthetic_data_generated_by_two_processes_at_once(tmp_path, monkeypatch
     """--nproc starts every worker at once, and each generates the demo's data if it is not
     there; the one that finishes second must use the first one's (this failed with
     'Directory not empty' before)."""
-    from mmengine.config import Config
-
-    from pisa_train.data import synthetic_shapes
 
     cfg = Config(dict(data_root=str(tmp_path / "data" / "shapes") + "/", synthetic_dataset=dict(
         generator="shapes", seed=0, num_train_images=2, num_val_images=1, image_size=48)))

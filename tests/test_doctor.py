@@ -4,11 +4,17 @@ from __future__ import annotations
 import hashlib
 import platform
 
+import mmcv
+import mmdet
+import mmengine
 import pytest
-
+import torch
 from conftest import DEMO_CONFIG, X101_PISA_CONFIG
+from mmcv.ops import get_compiling_cuda_version
+
 from pisa_train import exit_codes
 from pisa_train.cli.train import main
+from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
 
 
 @pytest.fixture(autouse=True)
@@ -18,14 +24,6 @@ def _restore_visible_gpus(monkeypatch):
 
 
 def test_doctor_without_a_config_reports_the_environment(capsys, tmp_path):
-    import mmcv
-    import mmdet
-    import mmengine
-    import torch
-    from mmcv.ops import get_compiling_cuda_version
-
-    from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
-
     assert main(["--doctor", "--work-dir", str(tmp_path / "not" / "yet")]) == 0
     out = capsys.readouterr().out
     assert f"python: {platform.python_version()}" in out
@@ -85,7 +83,16 @@ def test_doctor_with_a_config_checks_its_dataset_and_weights(capsys, tmp_path, m
                  f"model.backbone.init_cfg.checkpoint={url}"]) == 0
     captured = capsys.readouterr()
     assert "MISSING" not in captured.out
-    assert f"ok      pretrained weights: {url} -> {weights.parent / name}, SHA-256 verified" in captured.out
+    assert (f"ok      pretrained weights: {url} -> {weights.parent / name}, SHA-256 starts with the {name[-12:-4]} in "
+            f"its name (catches corruption, not a forged file: pin it with PISA_TRAIN_WEIGHTS_SHA256)") in captured.out
+    # Pinned by its full SHA-256 (PISA_TRAIN_WEIGHTS_SHA256), the doctor says so.
+    pins = tmp_path / "pins.sha256"
+    pins.write_text(f"{hashlib.sha256(payload).hexdigest()}  {name}\n")
+    monkeypatch.setenv("PISA_TRAIN_WEIGHTS_SHA256", str(pins))
+    assert main([*args, "--data", str(shapes_dataset), "--cfg-options",
+                 f"model.backbone.init_cfg.checkpoint={url}"]) == 0
+    assert (f"ok      pretrained weights: {url} -> {weights.parent / name}, full SHA-256 pinned in {pins}"
+            ) in capsys.readouterr().out
     assert f"dataset: train_dataloader.dataset.ann_file = {shapes_dataset}" in captured.out
 
 

@@ -7,11 +7,11 @@ import os
 from collections import namedtuple
 
 import pytest
-
 from local_http_server import LocalHTTPServer
+
+from pisa_train.errors import DataError
 from pisa_train.fetch import http as downloads
 from pisa_train.fetch.http import download_file, mirrored_url, verify_file
-from pisa_train.errors import DataError
 from pisa_train.terminal import ProgressReporter
 
 PAYLOAD = os.urandom(300_000)

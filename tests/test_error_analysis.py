@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from generated_coco import generate_ground_truth_and_detections
+from PIL import Image
+
 from pisa_train.errors import DataError
 from pisa_train.results.coco_metrics import evaluate_bbox
-from pisa_train.results.error_analysis import (confusion_matrix, error_breakdown, image_errors,
-                                               plot_confusion_matrix, plot_error_breakdown)
+from pisa_train.results.error_analysis import (
+    confusion_matrix,
+    error_breakdown,
+    image_errors,
+    plot_confusion_matrix,
+    plot_error_breakdown,
+)
+from pisa_train.results.evaluation_analysis import draw_images
 
 CATEGORIES = [{"id": 1, "name": "cat", "supercategory": "animal"},
               {"id": 2, "name": "dog", "supercategory": "animal"},
@@ -121,7 +128,6 @@ def test_image_errors_rank_images_by_missed_and_false_boxes():
 def test_plots_are_written(tmp_path):
     ground_truth, detections = generate_ground_truth_and_detections(num_images=50, num_classes=3, seed=1)
     classes = [category["name"] for category in ground_truth["categories"]]
-    from PIL import Image
 
     matrix = confusion_matrix(ground_truth, detections, classes, score_thr=0.3)
     for normalised in (False, True):
@@ -141,10 +147,6 @@ def _strong_changes(drawn, original, box) -> tuple[int, int]:
 
 
 def test_a_worst_image_shows_the_ground_truth_left_and_the_predictions_right(tmp_path):
-    from PIL import Image
-
-    from pisa_train.results.evaluation_analysis import draw_images
-
     (tmp_path / "images").mkdir()
     Image.new("RGB", (128, 128), (128, 128, 128)).save(tmp_path / "images" / "a.jpg")
     truth_box, predicted_box = [10, 10, 40, 40], [70, 70, 40, 40]  # apart: each side's lines are its own

@@ -3,8 +3,12 @@ for another model is recognised (engine/hooks/checkpoint_compatibility.py)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
+import torch
 
 from pisa_train import exit_codes
 from pisa_train.engine.hooks.checkpoint_compatibility import compare_state_dicts, mismatch_message
@@ -71,8 +75,6 @@ def test_known_upstream_errors(error, code, expected, capsys):
 
 
 def test_out_of_memory_suggests_amp_or_a_smaller_batch(capsys):
-    import torch
-
     assert report(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"), capsys) == (
         exit_codes.ENVIRONMENT_ERROR,
         f"pisa-train: error: the GPU ran out of memory (CUDA out of memory. Tried to allocate 20.00 MiB); "
@@ -108,9 +110,6 @@ def test_a_checkpoint_for_another_number_of_classes_is_recognised():
 def test_a_distributed_port_in_use_as_torch_reports_it(tmp_path):
     """torch's real error for a taken rendezvous port (in a subprocess: process groups are global).
     Through the CLI this needs --launcher pytorch, which mmengine 0.10.7 supports on GPUs only."""
-    import subprocess
-    import sys
-    import textwrap
 
     code = textwrap.dedent("""
         import socket, sys
@@ -150,7 +149,6 @@ class RecordedWrites:
 def test_an_error_line_is_one_write_so_two_processes_sharing_stderr_never_mix_their_lines(monkeypatch, error):
     """Both processes of a 2-process run report the same error on one stderr; ``print`` wrote the
     newline apart, and with PYTHONUNBUFFERED two messages then shared a line (CI saw it)."""
-    import sys
 
     stream = RecordedWrites()
     monkeypatch.setattr(sys, "stderr", stream)
@@ -166,7 +164,6 @@ def test_an_error_line_is_one_write_so_two_processes_sharing_stderr_never_mix_th
 def test_an_errors_after_report_runs_once_its_line_is_written(monkeypatch):
     """Where every process raises the same error (training_guards.raised_by_every_process), its
     barrier must come after the line: before it, a process stopped by torchrun has written nothing."""
-    import sys
 
     stream = RecordedWrites()
     monkeypatch.setattr(sys, "stderr", stream)
@@ -183,7 +180,6 @@ def test_an_errors_after_report_runs_once_its_line_is_written(monkeypatch):
 def test_a_failing_after_report_leaves_the_one_line_and_the_exit_code(monkeypatch):
     """A barrier whose peer is already gone raises (gloo: connection reset); the user still gets
     the error's own line and exit code, not a traceback."""
-    import sys
 
     stream = RecordedWrites()
     monkeypatch.setattr(sys, "stderr", stream)

@@ -7,20 +7,23 @@ import sys
 
 import pytest
 import torch
+from conftest import X101_PISA_CONFIG
+from roboflow_export import read_export
+from tiny_training import tiny_demo
 from torch import nn
 
-from conftest import DEMO_CONFIG, X101_PISA_CONFIG
 from pisa_train import exit_codes
 from pisa_train.cli import train as train_cli
 from pisa_train.config.build import build_train_config
+from pisa_train.engine.checkpoint_files import load_checkpoint_file
 from pisa_train.engine.hooks.checkpoint_compatibility import CLASS_SPECIFIC_LAYER, prepare_fine_tuning
+from pisa_train.engine.runner import describe_run
 from pisa_train.errors import CheckpointError
 from pisa_train.fetch.model_zoo import MODEL_ZOO
-from tiny_training import tiny_demo
 
 
 def train_config(*argv):
-    args = train_cli.build_parser().parse_args([str(a) for a in argv])
+    args = train_cli.parse_request([str(a) for a in argv])
     return build_train_config(args, "cpu")[0]
 
 
@@ -31,7 +34,6 @@ def test_load_from_a_model_name_starts_from_its_released_weights_and_skips_the_i
     assert cfg.model.backbone.init_cfg is None
     assert dict(type="FineTuneCheckpointHook") in cfg.custom_hooks
     assert "CheckpointMatchesModelHook" not in str(cfg.custom_hooks)
-    from pisa_train.engine.runner import describe_run
 
     assert describe_run(cfg, "cpu")[-1] == (f"starting from the weights of {cfg.load_from} (not its optimizer state "
                                             f"or iteration)")
@@ -125,8 +127,6 @@ def test_the_class_specific_layers_of_each_detector(key, class_specific):
 
 @pytest.mark.slow
 def test_a_three_class_demo_checkpoint_fine_tunes_onto_the_one_class_roboflow_export(tmp_path, roboflow_export):
-    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
-
     def train(work, *flags, options=()):
         result = subprocess.run([sys.executable, "-m", "pisa_train.cli.train",
                                  *tiny_demo(work, 1, *flags, options=options)],
@@ -134,16 +134,18 @@ def test_a_three_class_demo_checkpoint_fine_tunes_onto_the_one_class_roboflow_ex
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         return result.stdout + result.stderr, load_checkpoint_file(str(work / "iter_1.pth"))["state_dict"]
 
+    classes = read_export(roboflow_export).classes
     _, source = train(tmp_path / "demo")
     # Learning rate 0 and BatchNorm statistics frozen: nothing may change what was loaded.
     output, tuned = train(tmp_path / "tuned", "--data", roboflow_export, "--load-from", tmp_path / "demo" / "iter_1.pth",
                           options=["optim_wrapper.optimizer.lr=0", "model.backbone.norm_eval=True"])
     assert (f"fine-tuning from {tmp_path / 'demo' / 'iter_1.pth'}, trained on 3 classes (circle, square, triangle), "
-            f"to num_classes=1: roi_head.bbox_head.fc_cls, roi_head.bbox_head.fc_reg start from fresh weights; "
+            f"to num_classes={len(classes)}: roi_head.bbox_head.fc_cls, roi_head.bbox_head.fc_reg start from fresh weights; "
             f"every other weight is the checkpoint's") in output
     assert "size mismatch" not in output
     kept = [key for key in source if key.startswith(("backbone.", "neck.", "rpn_head.", "roi_head.bbox_head.shared"))]
     assert len(kept) > 100
     assert [key for key in kept if not torch.equal(source[key], tuned[key])] == []
-    assert tuned["roi_head.bbox_head.fc_cls.weight"].shape[0] == 2 and source["roi_head.bbox_head.fc_cls.weight"].shape[0] == 4
-    assert tuned["roi_head.bbox_head.fc_reg.weight"].shape[0] == 4
+    assert tuned["roi_head.bbox_head.fc_cls.weight"].shape[0] == len(classes) + 1  # + background
+    assert source["roi_head.bbox_head.fc_cls.weight"].shape[0] == 4
+    assert tuned["roi_head.bbox_head.fc_reg.weight"].shape[0] == 4 * len(classes)

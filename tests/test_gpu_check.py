@@ -11,14 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gpu_check  # tools/, on sys.path for the tests (pyproject.toml's pytest pythonpath)
 import pytest
 import torch
-
 from conftest import REPO_ROOT, X101_PISA_CONFIG
+from pisa_setup import compiled_mmcv
+from pisa_setup.pins import read_pins
+
+from pisa_train.engine import device
+from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
 
 GPU_CHECK = REPO_ROOT / "tools" / "gpu_check.py"
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-import gpu_check  # noqa: E402
 
 train_speed = gpu_check.train_speed_module()
 DEFAULT_STEPS = ["gpu-kernels", "generate-data", "amp-float16", "amp-bfloat16", "nccl", "pisa-eval", "train-speed"]
@@ -259,9 +262,6 @@ def test_without_compiled_mmcv_the_benchmark_passes_when_every_pisa_train_run_wa
 
 
 def test_the_report_names_whose_kernels_mmcv_runs_in_this_python():
-    from pisa_train.engine import device
-    from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
-
     kernels = gpu_check.describe_machine()[3]
     assert kernels["compiled"] == mmcv_ext_is_compiled()
     assert kernels["description"] == device.mmcv_kernels().description
@@ -378,11 +378,9 @@ def test_the_compiled_mmcv_venv_sees_this_environment_has_the_wheels_mmcv_and_re
     CPU-only mmcv wheel: the venv sees this environment's packages (torch, mmdet), imports mmcv from the
     wheel in front of mmcv-lite, and the step refuses in one line, as that mmcv has no CUDA ops. About a
     minute; nothing compiled (skipped without the cached wheel, which only `--mmcv compiled` builds)."""
-    import setup_env
-
     torch_info = {"torch": torch.__version__.split("+")[0], "cuda": None, "gpu": False, "capabilities": [],
-                  "python": "cp%d%d" % sys.version_info[:2]}
-    wheel = setup_env.cached_wheel(setup_env.mmcv_build_plan(torch_info))
+                  "python": "cp{}{}".format(*sys.version_info[:2])}
+    wheel = compiled_mmcv.cached_wheel(compiled_mmcv.mmcv_build_plan(torch_info, read_pins(REPO_ROOT)))
     if wheel is None:
         pytest.skip("no cached CPU-only mmcv wheel for this torch (tools/setup_env.py --mmcv compiled builds it)")
     step = next(step for step in gpu_check.plan(tmp_path, sys.executable, wheel) if step.name == "compiled-mmcv-venv")

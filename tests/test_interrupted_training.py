@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_training import tiny_demo
 
 from pisa_train import exit_codes
-from tiny_training import tiny_demo
+from pisa_train.engine.checkpoint_files import load_checkpoint_file
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +48,6 @@ def run(args: list[str], cwd: Path, faults: dict | None = None, timeout: float =
 
 
 def load(path: Path) -> dict:
-    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
-
     return load_checkpoint_file(str(path), map_location="cpu")
 
 

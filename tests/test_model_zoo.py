@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, REPO_ROOT
+from roboflow_export import read_export
+from test_configs import PISA_ZOO, installed_mmdet_configs
+
 from pisa_train import exit_codes
 from pisa_train.cli import train as train_cli
 from pisa_train.config.build import build_train_config
 from pisa_train.config.loading import load_config
 from pisa_train.errors import ConfigError
 from pisa_train.fetch.model_zoo import MODEL_ZOO
-from test_configs import PISA_ZOO, installed_mmdet_configs
 
 
 def metafile_models(folder: str) -> dict[str, dict]:
@@ -63,7 +64,7 @@ def test_a_model_name_is_a_config_and_a_misspelt_one_gets_the_name_meant(tmp_pat
         "no config file or model named pisa_retinanet_r50_fpn_1x_cocoo; did you mean pisa_retinanet_r50_fpn_1x_coco? "
         "(`pisa-train --list` shows the models; a config file is given by its path, e.g. "
         "configs/pisa_retinanet_r50_fpn_1x_cocoo.py)")
-    cfg = build_train_config(train_cli.build_parser().parse_args(["pisa_ssd512_coco"]), "cpu").cfg
+    cfg = build_train_config(train_cli.parse_request(["pisa_ssd512_coco"]), "cpu").cfg
     assert cfg.work_dir == "./work_dirs/pisa_ssd512_coco" and cfg.input_size == 512
 
 
@@ -84,16 +85,17 @@ def test_list_prints_the_zoo_and_what_is_downloaded(tmp_path, monkeypatch, capsy
 
 @pytest.mark.parametrize("name", PISA_ZOO)
 def test_data_points_every_zoo_config_at_a_dataset_folder(name, roboflow_export):
-    cfg = build_train_config(train_cli.build_parser().parse_args([name, "--data", str(roboflow_export)]), "cpu").cfg
+    classes = read_export(roboflow_export).classes
+    cfg = build_train_config(train_cli.parse_request([name, "--data", str(roboflow_export)]), "cpu").cfg
     model = cfg.model
     heads = [model.roi_head.bbox_head] + ([model.roi_head.mask_head] if "mask" in name else []) \
         if "rcnn" in name else [model.bbox_head]
-    assert [head.num_classes for head in heads] == [1] * len(heads)
+    assert [head.num_classes for head in heads] == [len(classes)] * len(heads)
     dataset = cfg.train_dataloader.dataset
     if "ssd" in name:  # the RepeatDataset wrapper stays, the dataset inside it is replaced
         assert dataset.type == "RepeatDataset" and dataset.times == 5
         dataset = dataset.dataset
-    assert dataset.data_root == str(roboflow_export) and tuple(dataset.metainfo.classes) == ("shuttlecock",)
+    assert dataset.data_root == str(roboflow_export) and tuple(dataset.metainfo.classes) == classes
 
 
 # Small enough for a CPU: no ImageNet weights, one image per batch, 128 px (SSD keeps its input size,

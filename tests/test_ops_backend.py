@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG, X101_PISA_CONFIG, run_command
+from mmcv.ops import RoIAlign, batched_nms, nms, nms_match
+from mmengine.config import Config
+from tiny_training import tiny_demo
+from torchvision.ops import roi_align as tv_roi_align
 
+from pisa_train.cli import evaluate, train
 from pisa_train.config import rewrites as rewrite
+from pisa_train.config.build import build_test_config, build_train_config
+from pisa_train.config.loading import load_config
+from pisa_train.engine.device import MMCV_LITE, MmcvKernels, choose_ops_backend, mmcv_kernels
+from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
+from pisa_train.engine.patches.torchvision_nms import (
+    NmsKernelOnTorchvision,
+    torchvision_nms_in_use,
+    use_torchvision_nms,
+)
 from pisa_train.errors import ConfigError, EnvironmentProblem, UsageError
-from pisa_train.engine.device import MmcvKernels, choose_ops_backend
-from pisa_train.engine.patches.torchvision_nms import (NmsKernelOnTorchvision, torchvision_nms_in_use,
-                                                       use_torchvision_nms)
 
 
 def kernels_for(devices) -> MmcvKernels:
@@ -41,8 +54,6 @@ def test_mmcv_backend_without_its_kernels_is_an_environment_problem():
 
 
 def test_mmcv_backend_with_mmcv_lite_is_refused_in_one_line():
-    from pisa_train.engine.device import MMCV_LITE
-
     with pytest.raises(EnvironmentProblem) as raised:
         choose_ops_backend("mmcv", "cpu", MmcvKernels(frozenset(), MMCV_LITE))
     assert str(raised.value) == (
@@ -54,11 +65,6 @@ def test_mmcv_backend_with_mmcv_lite_is_refused_in_one_line():
 
 
 def test_this_environment_reports_its_kernels_as_what_imports_as_mmcv_ext():
-    import sys
-
-    from pisa_train.engine.device import MMCV_LITE, mmcv_kernels
-    from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
-
     kernels = mmcv_kernels()
     assert (kernels.description == MMCV_LITE) == (not mmcv_ext_is_compiled())
     assert (kernels.devices == frozenset()) == getattr(sys.modules["mmcv._ext"], "provided_by_pisa_train", False)
@@ -67,8 +73,6 @@ def test_this_environment_reports_its_kernels_as_what_imports_as_mmcv_ext():
 # ---- the config rewrite (pure) ---------------------------------------------------------------
 
 def _model_cfg():
-    from mmengine.config import Config
-
     return Config(dict(model=dict(
         type="FasterRCNN",
         roi_head=dict(bbox_roi_extractor=dict(type="SingleRoIExtractor",
@@ -101,9 +105,6 @@ def test_torchvision_backend_refuses_max_pooling_roi_align():
 
 
 def test_the_real_configs_roi_layers_get_the_switch():
-    from conftest import X101_PISA_CONFIG
-    from pisa_train.config.loading import load_config
-
     cfg = rewrite.apply_ops_backend(load_config(str(X101_PISA_CONFIG), {}, {}), "torchvision")
     assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
 
@@ -120,8 +121,6 @@ def _random_rois(generator, count, batch, size):
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_roi_align_forward_and_gradients_match(aligned, sampling_ratio):
-    from mmcv.ops import RoIAlign
-
     generator = torch.Generator().manual_seed(7 + sampling_ratio + aligned)
     features = torch.randn(2, 3, 24, 20, generator=generator, dtype=torch.float64).float()
     rois = _random_rois(generator, 30, batch=2, size=80)
@@ -143,8 +142,6 @@ def test_roi_align_forward_and_gradients_match(aligned, sampling_ratio):
 
 
 def test_roi_align_without_rois():
-    from mmcv.ops import RoIAlign
-
     features = torch.randn(1, 2, 8, 8)
     for use_torchvision in (False, True):
         out = RoIAlign(7, 1.0, 0, use_torchvision=use_torchvision)(features, torch.zeros(0, 5))
@@ -156,7 +153,6 @@ def test_mmcv_finds_torchvision_roi_align_aligned_argument():
     name in torchvision.ops.roi_align.__code__.co_varnames; otherwise it silently drops it
     (aligned=False results). If this fails, ops_backend must wrap torchvision's roi_align."""
     mmcv_roi_align = importlib.import_module("mmcv.ops.roi_align")  # mmcv.ops.roi_align is also a function
-    from torchvision.ops import roi_align as tv_roi_align
 
     assert "tv_roi_align.__code__.co_varnames" in inspect.getsource(mmcv_roi_align.RoIAlign.forward)
     assert "aligned" in tv_roi_align.__code__.co_varnames
@@ -192,8 +188,6 @@ def _random_boxes(generator, count, size=100.0):
 @pytest.mark.parametrize("iou_threshold", [0.3, 0.7])
 @pytest.mark.parametrize("offset", [0, 1])
 def test_nms_keeps_the_same_boxes(torchvision_nms, seed, iou_threshold, offset):
-    from mmcv.ops import nms
-
     generator = torch.Generator().manual_seed(seed)
     boxes = _random_boxes(generator, 300)
     scores = torch.rand(300, generator=generator)
@@ -205,8 +199,6 @@ def test_nms_keeps_the_same_boxes(torchvision_nms, seed, iou_threshold, offset):
 
 
 def test_nms_edge_cases(torchvision_nms):
-    from mmcv.ops import batched_nms, nms
-
     cases = {
         "empty": (torch.zeros(0, 4), torch.zeros(0)),
         "zero-area boxes": (torch.tensor([[5.0, 5, 5, 5], [5.0, 5, 5, 5], [0.0, 0, 10, 0], [1.0, 1, 4, 4]]),
@@ -239,7 +231,6 @@ def test_mmcv_nms_still_goes_through_ext_module_nms(torchvision_nms, monkeypatch
     """ops_backend swaps mmcv.ops.nms.ext_module (mmcv 2.1.0's NMSop.forward calls
     ext_module.nms). If mmcv calls its kernel another way, this fails: the swap would do nothing."""
     mmcv_nms = importlib.import_module("mmcv.ops.nms")
-    from mmcv.ops import nms
 
     calls = []
     real = NmsKernelOnTorchvision.nms
@@ -251,7 +242,6 @@ def test_mmcv_nms_still_goes_through_ext_module_nms(torchvision_nms, monkeypatch
     assert calls == [1]
     assert "ext_module.nms(" in inspect.getsource(mmcv_nms.NMSop.forward)
     # The other kernels stay mmcv's: PISA's nms_match works through the stand-in.
-    from mmcv.ops import nms_match
 
     groups = nms_match(torch.tensor([[0.0, 0, 10, 10, 0.9], [1.0, 1, 10, 10, 0.8], [50.0, 50, 60, 60, 0.7]]), 0.5)
     assert [g.tolist() for g in groups] == [[0, 1], [2]]
@@ -259,8 +249,6 @@ def test_mmcv_nms_still_goes_through_ext_module_nms(torchvision_nms, monkeypatch
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_torchvision_kernels_run_on_cuda_tensors(torchvision_nms):
-    from mmcv.ops import RoIAlign, nms
-
     torchvision_nms(True)
     boxes = _random_boxes(torch.Generator().manual_seed(0), 100).cuda()
     scores = torch.rand(100, device="cuda")
@@ -273,9 +261,6 @@ def test_torchvision_kernels_run_on_cuda_tensors(torchvision_nms):
 
 @pytest.mark.slow
 def test_training_with_torchvision_kernels_on_cpu(tmp_path):
-    from conftest import DEMO_CONFIG, run_command
-    from tiny_training import tiny_demo
-
     work_dir = tmp_path / "work"
     result = run_command("train", tiny_demo(work_dir, 2, "--ops-backend", "torchvision"), cwd=tmp_path, timeout=300)
     log = result.stdout + result.stderr
@@ -287,35 +272,29 @@ def test_training_with_torchvision_kernels_on_cpu(tmp_path):
 
 
 def test_pisa_train_and_pisa_eval_hand_the_backend_to_the_config(tmp_path):
-    from conftest import DEMO_CONFIG
-    from pisa_train.cli import evaluate, train
-    from pisa_train.config.build import build_test_config, build_train_config
-
-    from pisa_train.engine.device import MMCV_LITE
-
     compiled_cpu = kernels_for({"cpu"})
     lite = MmcvKernels(frozenset(), MMCV_LITE)
     checkpoint = tmp_path / "w.pth"
     checkpoint.write_bytes(b"")
     for module, build, argv in ((train, build_train_config, [str(DEMO_CONFIG)]),
                                 (evaluate, build_test_config, [str(DEMO_CONFIG), str(checkpoint)])):
-        args = module.build_parser().parse_args([*argv, "--ops-backend", "torchvision"])
+        args = module.parse_request([*argv, "--ops-backend", "torchvision"])
         for kernels in (compiled_cpu, lite):
             cfg, _ = build(args, "cpu", kernels)
             assert cfg.ops_backend == "torchvision", module.__name__
             assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
         # auto on the CPU with compiled mmcv, which has CPU kernels in every build: the config's own choice
         # stands (the demo config asks for torchvision's RoIAlign; the X101 config for mmcv's).
-        default, _ = build(module.build_parser().parse_args(argv), "cpu", compiled_cpu)
+        default, _ = build(module.parse_request(argv), "cpu", compiled_cpu)
         assert "ops_backend" not in default
         assert default.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
-        forced, _ = build(module.build_parser().parse_args([*argv, "--ops-backend", "mmcv"]), "cpu", compiled_cpu)
+        forced, _ = build(module.parse_request([*argv, "--ops-backend", "mmcv"]), "cpu", compiled_cpu)
         assert forced.model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is False
         # With mmcv-lite, auto is torchvision's kernels everywhere, and mmcv's cannot be asked for.
-        default, _ = build(module.build_parser().parse_args(argv), "cpu", lite)
+        default, _ = build(module.parse_request(argv), "cpu", lite)
         assert default.ops_backend == "torchvision"
         with pytest.raises(EnvironmentProblem, match="this environment has mmcv-lite"):
-            build(module.build_parser().parse_args([*argv, "--ops-backend", "mmcv"]), "cpu", lite)
+            build(module.parse_request([*argv, "--ops-backend", "mmcv"]), "cpu", lite)
 
 
 @pytest.mark.parametrize("requested, device, kernels, expected", [

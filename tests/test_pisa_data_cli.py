@@ -8,17 +8,23 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
-
+from conftest import DEMO_CONFIG
 from local_http_server import LocalHTTPServer
-from pisa_train.fetch import datasets as dataset_downloads
+from mmengine.config import Config
+from roboflow_export import read_export
+from test_archives import zip_with_a_link_chain
+from tiny_coco import coco_dict, write_image
+
 from pisa_train.cli.data import main
-from pisa_train.fetch.datasets import RemoteArchive, archive_for_url
+from pisa_train.data.synthetic_shapes import DEMO_SETTINGS
 from pisa_train.errors import UsageError
 from pisa_train.exit_codes import DATA_ERROR, USAGE_ERROR
-from tiny_coco import ROBOFLOW_FIXTURE, coco_dict, copy_roboflow_fixture, write_image
+from pisa_train.fetch import datasets as dataset_downloads
+from pisa_train.fetch.datasets import RemoteArchive, archive_for_url
 
 CONTROL_CHARACTERS = ("\r", "\x1b")
 
@@ -100,7 +106,6 @@ def test_download_coco2017_resumes_extracts_and_is_idempotent(tmp_path, coco_mir
 
 
 def test_download_coco2017_refuses_when_disk_is_too_small(tmp_path, coco_mirror, monkeypatch, capsys):
-    from collections import namedtuple
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr("pisa_train.fetch.http.shutil.disk_usage", lambda path: Usage(100, 90, 10))
     assert main(["download", "coco2017", "--dest", str(tmp_path / "coco")]) == DATA_ERROR
@@ -108,15 +113,16 @@ def test_download_coco2017_refuses_when_disk_is_too_small(tmp_path, coco_mirror,
     assert coco_mirror.requests == []
 
 
-def test_download_roboflow_style_link_recognises_the_export(tmp_path, capsys):
-    export = _folder_zip(ROBOFLOW_FIXTURE)
+def test_download_roboflow_style_link_recognises_the_export(tmp_path, capsys, roboflow_fixture):
+    classes = read_export(roboflow_fixture).classes
+    export = _folder_zip(roboflow_fixture)
     with LocalHTTPServer(files={"/signed/export.zip": export},
                          redirects={"/ds/AbC123?key=secret": "/signed/export.zip"}) as server:
         url = server.url("/ds/AbC123?key=secret")
         dest = tmp_path / "data" / "badminton"
         assert main(["download", url, "--dest", str(dest)]) == 0
         out = capsys.readouterr().out
-        assert "Roboflow export" in out and "classes (1): shuttlecock" in out
+        assert "Roboflow export" in out and f"classes ({len(classes)}): {', '.join(classes)}" in out
         assert (dest / "train" / "_annotations.coco.json").is_file()
         assert "secret" not in (dest / ".pisa-data.json").read_text()
         assert main(["download", url, "--dest", str(dest)]) == 0
@@ -135,8 +141,6 @@ def test_download_of_a_zip_slip_archive_fails_and_writes_nothing_outside(tmp_pat
 
 
 def test_download_of_a_zip_whose_links_chain_out_writes_nothing_outside_and_is_not_called_corrupt(tmp_path, capsys):
-    from test_archives import zip_with_a_link_chain
-
     evil = zip_with_a_link_chain(tmp_path / "chain.zip").read_bytes()
     outside_before = sorted(p.name for p in tmp_path.iterdir())
     with LocalHTTPServer(files={"/chain.zip": evil}) as server:
@@ -151,7 +155,7 @@ def test_download_of_a_zip_whose_links_chain_out_writes_nothing_outside_and_is_n
     # Nothing beside or above --dest: the file the chain aimed at (x, three folders up) is nowhere.
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(outside_before + ["a"])
     assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "a").rglob("*")) == [
-        "a/b", "a/b/data", "a/b/data/chain.zip"]
+        "a/b", "a/b/data", "a/b/data/.pisa-data.lock", "a/b/data/chain.zip"]  # the lock: one download per --dest
     assert not (tmp_path / "x").exists()  # where a/b/c/d/x would have landed through the links
 
 
@@ -192,11 +196,6 @@ def test_weights_command_fetches_into_torch_home(tmp_path, monkeypatch, capsys):
 
 
 def test_synthetic_writes_the_demo_dataset_with_masks_anywhere(tmp_path, capsys):
-    from mmengine.config import Config
-
-    from conftest import DEMO_CONFIG
-    from pisa_train.data.synthetic_shapes import DEMO_SETTINGS
-
     demo = dict(Config.fromfile(str(DEMO_CONFIG)).synthetic_dataset)
     assert demo.pop("generator") == "shapes" and demo == DEMO_SETTINGS  # seed 0 is the demo's own dataset
     dest = tmp_path / "shapes"
@@ -224,11 +223,8 @@ def test_synthetic_writes_the_demo_dataset_with_masks_anywhere(tmp_path, capsys)
         f"would generate into it. Move it away, or choose another --dest")
 
 
-def test_real_process_output_has_no_control_characters(tmp_path, run_cli):
-    data = tmp_path / "data"
-    data.mkdir()
-    copy = copy_roboflow_fixture(data)
-    result = run_cli("data", ["check", copy], cwd=Path(__file__).resolve().parents[1], timeout=120)
+def test_real_process_output_has_no_control_characters(roboflow_export, run_cli):
+    result = run_cli("data", ["check", roboflow_export], cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "shuttlecock" in result.stdout
+    assert read_export(roboflow_export).classes[0] in result.stdout
     assert not any(character in result.stdout + result.stderr for character in CONTROL_CHARACTERS)

@@ -2,15 +2,25 @@
 the config rewrites behind pisa-eval's per-class report and pisa-train --tensorboard."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
-
 from conftest import DEMO_CONFIG
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from pisa_train import exit_codes
+from pisa_train.cli import infer as infer_cli
 from pisa_train.cli import plot as plot_cli
+from pisa_train.cli import train as train_cli
+from pisa_train.config import rewrites as rewrite
+from pisa_train.config.loading import load_config
+from pisa_train.config.rewrites import dump_detections_for_evaluation, enable_tensorboard
+from pisa_train.errors import ConfigError
+from pisa_train.results.training_curves import FIGURE_DPI, FIGURE_SIZE_INCHES, read_scalars
 
 
 @pytest.mark.parametrize("module", ["infer", "plot"])
@@ -37,8 +47,6 @@ def write_run(work_dir, timestamp, train_steps, val_steps, loss_offset=0.0):
 
 
 def test_a_resumed_run_reads_as_one_with_the_redone_iterations_from_the_later_run(tmp_path):
-    from pisa_train.results.training_curves import read_scalars
-
     write_run(tmp_path, "20260101_000000", range(5, 35, 5), [1, 2])
     write_run(tmp_path, "20260101_010000", range(25, 45, 5), [3, 4], loss_offset=10.0)  # resumed at iteration 20
     training, validation = read_scalars(tmp_path)
@@ -49,10 +57,6 @@ def test_a_resumed_run_reads_as_one_with_the_redone_iterations_from_the_later_ru
 
 
 def test_pisa_plot_writes_a_png_of_the_work_dir(tmp_path, capsys):
-    from PIL import Image
-
-    from pisa_train.results.training_curves import FIGURE_DPI, FIGURE_SIZE_INCHES
-
     write_run(tmp_path, "20260101_000000", range(1, 20), [1])
     assert plot_cli.main([str(tmp_path)]) == 0
     assert f"training curves written to {tmp_path / 'training_curves.png'}" in capsys.readouterr().out
@@ -80,15 +84,10 @@ def test_pisa_plot_on_a_folder_without_logs_says_what_it_needs(tmp_path, capsys)
 
 
 def demo_config():
-    from pisa_train.config import rewrites as rewrite
-    from pisa_train.config.loading import load_config
-
     return rewrite.apply_work_dir(load_config(str(DEMO_CONFIG), {}, {}), "w", str(DEMO_CONFIG))
 
 
 def test_pisa_eval_has_the_detections_written_and_evaluates_them_itself():
-    from pisa_train.config.rewrites import dump_detections_for_evaluation
-
     cfg = demo_config()
     rewritten = dump_detections_for_evaluation(cfg)
     assert rewritten.test_evaluator.format_only is True
@@ -99,9 +98,6 @@ def test_pisa_eval_has_the_detections_written_and_evaluates_them_itself():
 
 
 def test_pisa_eval_refuses_a_test_evaluator_that_is_not_coco_bbox():
-    from pisa_train.config.rewrites import dump_detections_for_evaluation
-    from pisa_train.errors import ConfigError
-
     cfg = demo_config()
     cfg.test_evaluator.metric = "segm"
     with pytest.raises(ConfigError, match="test_evaluator.metric=bbox"):
@@ -112,17 +108,11 @@ def test_pisa_eval_refuses_a_test_evaluator_that_is_not_coco_bbox():
 
 
 def test_tensorboard_adds_mmengines_backend_once():
-    from pisa_train.config.rewrites import enable_tensorboard
-
     cfg = enable_tensorboard(enable_tensorboard(demo_config()))
     assert [b["type"] for b in cfg.visualizer.vis_backends] == ["LocalVisBackend", "TensorboardVisBackend"]
 
 
 def test_tensorboard_without_the_package_is_an_environment_problem(monkeypatch, capsys):
-    import importlib.util
-
-    from pisa_train.cli import train as train_cli
-
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
@@ -134,8 +124,6 @@ def test_tensorboard_without_the_package_is_an_environment_problem(monkeypatch, 
 
 
 def test_infer_refuses_missing_images_and_bad_thresholds(tmp_path, capsys):
-    from pisa_train.cli import infer as infer_cli
-
     checkpoint = tmp_path / "w.pth"
     checkpoint.write_bytes(b"")
     assert infer_cli.main([str(DEMO_CONFIG), str(checkpoint), str(tmp_path / "nope.jpg"), "--out", str(tmp_path),
@@ -153,8 +141,6 @@ def test_infer_refuses_missing_images_and_bad_thresholds(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_infer_loads_checkpoints_weights_only_and_runs_no_code_from_them(tmp_path, run_cli):
-    from PIL import Image
-
     evil, marker, image = tmp_path / "evil.pth", tmp_path / "pwned", tmp_path / "one.jpg"
     code = ("import os, torch\n"
             "class Payload:\n"
@@ -174,8 +160,6 @@ def test_infer_loads_checkpoints_weights_only_and_runs_no_code_from_them(tmp_pat
 
 @pytest.mark.slow
 def test_tensorboard_logs_the_training_scalars_as_event_files(tmp_path, shapes_dataset, run_cli):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     work_dir = tmp_path / "work"
     result = run_cli("train", [DEMO_CONFIG, "--device", "cpu", "--data", shapes_dataset, "--work-dir", work_dir,
                                "--max-iters", "3", "--tensorboard", "--cfg-options", "default_hooks.logger.interval=1"],

@@ -9,15 +9,24 @@ import json
 import os
 from pathlib import Path
 
+import mmengine
 import pytest
-
+import torch.hub as torch_hub
 from conftest import CONFIGS
 from local_http_server import LocalHTTPServer
+from mmengine.config import Config
+
 from pisa_train.errors import CheckpointError, EnvironmentProblem, UsageError
 from pisa_train.fetch import weights
 from pisa_train.fetch.model_zoo import MODEL_ZOO
-from pisa_train.fetch.weights import (checkpoint_url, download_sources, fetch_checkpoint, fetch_weights,
-                                      sha256_prefix, torch_checkpoints_dir)
+from pisa_train.fetch.weights import (
+    checkpoint_url,
+    download_sources,
+    fetch_checkpoint,
+    fetch_weights,
+    sha256_prefix,
+    torch_checkpoints_dir,
+)
 
 MIRRORS = "PISA_TRAIN_WEIGHT_MIRRORS"
 
@@ -62,7 +71,6 @@ def openmmlab_host(monkeypatch):
 @pytest.mark.parametrize("env", [{"TORCH_HOME": "{tmp}/th"}, {"XDG_CACHE_HOME": "{tmp}/xdg"}, {}])
 def test_checkpoints_dir_matches_torch_hub(tmp_path, monkeypatch, env):
     """Fails if torch.hub changes where load_state_dict_from_url caches files (mmengine looks there)."""
-    import torch.hub as torch_hub
     for name in ("TORCH_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -73,7 +81,6 @@ def test_checkpoints_dir_matches_torch_hub(tmp_path, monkeypatch, env):
 
 def test_names_resolve_through_mmengines_own_tables():
     """Fails if mmengine's open-mmlab:// table points the backbones elsewhere, or stops mapping names."""
-    import mmengine
 
     hub_tables = Path(mmengine.__file__).parent / "hub"
     openmmlab = json.loads((hub_tables / "openmmlab.json").read_text())
@@ -95,7 +102,6 @@ def test_names_resolve_through_mmengines_own_tables():
 def test_every_checkpoint_the_configs_name_resolves_and_can_be_verified():
     """Each config's pretrained backbone (and each released checkpoint) is a file whose name carries its
     SHA-256 prefix, so that a copy from any mirror can be checked."""
-    from mmengine.config import Config
 
     references = set()
     for path in sorted(CONFIGS.glob("*.py")):
@@ -138,8 +144,12 @@ def test_a_mirror_serves_the_checkpoint_after_a_dead_one_and_it_lands_verified_i
         assert len(mirror.gets(path)) == 1
     log = output.getvalue()
     assert "failed (cannot connect: [Errno 111] Connection refused)" in log
-    assert f"{name}: downloaded from {mirror.base_url}{path}, verified (SHA-256 {name[-12:-4]}...)" in log
-    assert sorted(p.name for p in hub.iterdir()) == [name]  # no .part, no temporary file left
+    assert (f"{name}: downloaded from {mirror.base_url}{path} into {hub}; checked against the SHA-256 prefix in "
+            f"its name ({name[-12:-4]}: catches corruption, not a forged file; pin it with PISA_TRAIN_WEIGHTS_SHA256); "
+            f"its full SHA-256 is now recorded in {hub / '.pisa-train-sha256sums'}") in log
+    # No .part, no temporary file left; the full SHA-256 recorded for the next download of the name.
+    assert sorted(p.name for p in hub.iterdir()) == [".pisa-train-download.lock", ".pisa-train-sha256sums", name]
+    assert (hub / ".pisa-train-sha256sums").read_text() == f"{hashlib.sha256(fetched.read_bytes()).hexdigest()}  {name}\n"
 
 
 def test_a_file_whose_sha256_does_not_match_its_name_is_refused_not_cached_and_the_next_source_tried(

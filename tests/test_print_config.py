@@ -4,14 +4,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from mmengine.config import Config
-
+import torch
 from conftest import DEMO_CONFIG, X101_PISA_CONFIG, run_command
+from mmengine.config import Config
+from roboflow_export import read_export
+from tiny_training import tiny_demo
+
 from pisa_train import exit_codes
 from pisa_train.cli import evaluate as eval_cli
 from pisa_train.cli import train as train_cli
 from pisa_train.config.build import build_train_config
-from tiny_training import tiny_demo
 
 
 def test_a_part_of_the_config_after_data_and_overrides(roboflow_export, capsys):
@@ -22,16 +24,18 @@ def test_a_part_of_the_config_after_data_and_overrides(roboflow_export, capsys):
     assert captured.out.startswith("roi_head = dict(\n")
     roi_head = Config.fromstring(captured.out, ".py").roi_head
     assert roi_head.type == "PISARoIHead"
-    assert roi_head.bbox_head.num_classes == 1  # --data: one class, shuttlecock
+    classes = read_export(roboflow_export).classes
+    assert roi_head.bbox_head.num_classes == len(classes)  # --data: the export's classes (one, shuttlecock)
     assert roi_head.bbox_head.fc_out_channels == 512  # --cfg-options
-    assert "[pisa-train]   classes (1): shuttlecock" in captured.err  # what --data resolved, beside the config
+    # What --data resolved, beside the config.
+    assert f"[pisa-train]   classes ({len(classes)}): {', '.join(classes)}" in captured.err
 
 
 def test_the_whole_config_is_what_the_builder_hands_to_mmengine(capsys):
     argv = [str(X101_PISA_CONFIG), "--device", "cpu", "--max-iters", "3", "--seed", "7"]
     assert train_cli.main([*argv, "--print-config"]) == 0
     printed = Config.fromstring(capsys.readouterr().out, ".py")
-    built = build_train_config(train_cli.build_parser().parse_args(argv), "cpu").cfg
+    built = build_train_config(train_cli.parse_request(argv), "cpu").cfg
     assert printed.to_dict() == Config.fromstring(built.pretty_text, ".py").to_dict()
     assert printed.train_cfg == dict(type="IterBasedTrainLoop", max_iters=3)  # the flags are applied
     assert printed.randomness.seed == 7
@@ -52,8 +56,6 @@ def test_an_unknown_key_is_refused_with_the_closest_real_one(capsys, key, expect
 
 
 def test_a_bare_resume_shows_the_checkpoint_the_run_would_continue_from(tmp_path, capsys):
-    import torch
-
     work_dir = tmp_path / "work"
     work_dir.mkdir()
     for iteration in (1, 2):

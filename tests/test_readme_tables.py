@@ -6,7 +6,6 @@ import ast
 import re
 
 import pytest
-
 from conftest import REPO_ROOT
 
 # A table message shows one example of a line whose paths, names and numbers vary: these are the

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from conftest import DEMO_CONFIG
 from headless_chromium import open_in_chromium
+from PIL import Image
+
+from pisa_train import exit_codes
+from pisa_train.cli import evaluate, plot
 from pisa_train.results.evaluation_analysis import EVALUATION_INDEX, evaluate_and_analyse
 from pisa_train.results.report import record_training_run, write_report
 from pisa_train.results.training_curves import plot_training_curves
@@ -81,7 +85,6 @@ def test_the_analysis_finds_what_the_detections_get_wrong(evaluated_work_dir, sh
     assert len(analysis["worst_images"]) == 3
     errors = [entry["missed"] + entry["false"] for entry in analysis["worst_images"]]
     assert errors == sorted(errors, reverse=True) and errors[-1] > 0
-    from PIL import Image
 
     for entry in analysis["worst_images"]:
         with Image.open(Path(analysis["analysis_dir"]) / entry["drawn"]) as drawn:
@@ -119,8 +122,6 @@ def test_the_report_opens_in_headless_chromium_with_every_image_and_no_console_e
 
 
 def test_pisa_plot_report_rewrites_the_page_from_the_work_dir(evaluated_work_dir, capsys):
-    from pisa_train.cli import plot
-
     (evaluated_work_dir / "report.html").unlink(missing_ok=True)
     assert plot.main([str(evaluated_work_dir), "--report"]) == 0
     out = capsys.readouterr().out
@@ -129,10 +130,6 @@ def test_pisa_plot_report_rewrites_the_page_from_the_work_dir(evaluated_work_dir
 
 
 def test_pisa_eval_refuses_thresholds_outside_their_range(tmp_path, capsys):
-    from conftest import DEMO_CONFIG
-    from pisa_train import exit_codes
-    from pisa_train.cli import evaluate
-
     checkpoint = tmp_path / "w.pth"
     checkpoint.write_bytes(b"x")
     assert evaluate.main([str(DEMO_CONFIG), str(checkpoint), "--score-thr", "1.5", "--device", "cpu"]) == \

@@ -1,8 +1,9 @@
-"""tools/setup_env.py: the Pythons it accepts, the mmcv sdist patches, the wheelhouse and (slow) real
-installs onto a machine's own torch: the default set-up with no compiler on PATH, `pip install` of the
+"""tools/setup_env.py and its package tools/pisa_setup/: the Pythons it accepts, what it installs, the mmcv
+sdist patches, the wheelhouse and (slow) real installs onto a machine's own torch: the default set-up with no compiler on PATH, `pip install` of the
 package, and an offline install from a wheelhouse, each of which then runs mmcv's ops or trains the demo."""
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -15,14 +16,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 from local_http_server import LocalHTTPServer
-
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-import package_index  # noqa: E402
-import setup_env  # noqa: E402
-import wheelhouse  # noqa: E402
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from pisa_setup import compiled_mmcv, package_index, wheelhouse  # tools/ (pyproject.toml's pytest pythonpath)
+from pisa_setup.context import SetupContext
+from pisa_setup.messages import SetupFailed
+from pisa_setup.pins import check_python_version, package_requirements, read_pins
 
 SETUP_ENV = REPO_ROOT / "tools" / "setup_env.py"
 
@@ -40,14 +41,14 @@ def _python(minor: int) -> str | None:
 
 def test_pythons_outside_3_10_to_3_13_are_refused_with_the_ones_that_work():
     for accepted in ((3, 10, 13), (3, 11, 7), (3, 12, 1), (3, 13, 0)):
-        setup_env.check_python_version(accepted, python="py")
-    with pytest.raises(setup_env.SetupFailed) as old:
-        setup_env.check_python_version((3, 9, 18), python="/usr/bin/python3.9")
+        check_python_version(accepted, python="py")
+    with pytest.raises(SetupFailed) as old:
+        check_python_version((3, 9, 18), python="/usr/bin/python3.9")
     assert str(old.value) == (
         "/usr/bin/python3.9 is Python 3.9.18; pisa-train needs Python 3.10 to 3.13 (torch 2.14 has no wheels for "
         "older Pythons, and pisa-train's code needs 3.10): run make setup PYTHON=python3.11")
-    with pytest.raises(setup_env.SetupFailed) as new:
-        setup_env.check_python_version((3, 14, 0), python="python3.14")
+    with pytest.raises(SetupFailed) as new:
+        check_python_version((3, 14, 0), python="python3.14")
     assert str(new.value) == (
         "python3.14 is Python 3.14.0; the set-up is proven on Python 3.10 to 3.13 (docs/getting_started.md, 'Python versions'), "
         "and newer Pythons have broken mmcv 2.1.0's setup.py before (3.13's PEP 667): run make setup "
@@ -72,17 +73,79 @@ def test_an_old_python_is_refused_in_one_line_before_anything_is_created(tmp_pat
 def test_pyproject_is_read_on_python_3_10_without_tomllib_or_tomli():
     """Python 3.10 has no tomllib, and a fresh 3.10 no tomli: the set-up uses the tomli inside pip."""
     code = ("import sys; sys.modules['tomllib'] = None; sys.modules['tomli'] = None\n"
-            f"sys.path.insert(0, {str(REPO_ROOT / 'tools')!r}); import setup_env\n"
-            "pins = setup_env.read_pins(); print(pins['torch'], pins['pinned']['mmcv-lite'], pins['torch_floor'])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            "from pathlib import Path; from pisa_setup.pins import read_pins\n"
+            f"pins = read_pins(Path({str(REPO_ROOT)!r})); print(pins.torch, pins.pinned['mmcv-lite'], pins.torch_floor)")
+    # Run from tools/, as tools/setup_env.py imports the package: from its own folder.
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT / "tools", capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2.14.1", "2.1.0", "2.1"]
+
+
+PYPROJECT_WITH_EXTRAS = """
+[project]
+dependencies = ["mmdet==3.3.0", "mmcv-lite==2.1.0", "torch>=2.1", "torchvision>=0.16", "Pillow>=9.0"]
+
+[project.optional-dependencies]
+test = ["pytest>=8", "import-linter>=2.1"]
+export = ["onnx>=1.16", "onnxruntime>=1.18"]
+trackers = ["wandb>=0.16", "aim>=3.19"]
+all = ["pisa-train[export,test]"]
+
+[tool.pisa-train.setup]
+torch = "2.14.1"
+torchvision = "0.29.1"
+build-setuptools = ">=77,<81"
+test-dependencies = ["pytest>=8", "import_linter>=2.1", "selenium>=4.10"]
+extras-left-out = ["trackers"]
+"""
+
+
+def test_every_extra_of_pyproject_is_installed_and_put_in_the_wheelhouse_once(tmp_path):
+    """The set-up reads the extras from pyproject.toml, not from a list of its own: the export extra (onnx,
+    onnxruntime) comes along with the test extra and the test dependencies, each distribution once; an
+    extra naming pisa-train itself adds nothing, and one that extras-left-out names is not installed. torch
+    is the set-up's own step; compiled mmcv replaces mmcv-lite. What is installed is what the wheelhouse
+    holds (both use package_requirements)."""
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT_WITH_EXTRAS)
+    pins = read_pins(tmp_path)
+    assert pins.extras == {"test": ["pytest>=8", "import-linter>=2.1"], "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+                           "trackers": ["wandb>=0.16", "aim>=3.19"], "all": ["pisa-train[export,test]"]}
+    assert pins.extras_left_out == ["trackers"]
+    assert package_requirements(pins, "lite") == [
+        "mmdet==3.3.0", "mmcv-lite==2.1.0", "Pillow>=9.0", "onnx>=1.16", "onnxruntime>=1.18", "pytest>=8",
+        "import-linter>=2.1", "selenium>=4.10"]
+    assert "mmcv-lite==2.1.0" not in package_requirements(pins, "compiled")
+
+
+def test_the_real_pyproject_s_extras_are_all_installed_but_those_left_out():
+    pins = read_pins(REPO_ROOT)
+    assert set(pins.extras_left_out) <= set(pins.extras)  # no misspelt name that leaves nothing out
+    installed = {canonicalize_name(Requirement(r).name) for r in package_requirements(pins, "lite")}
+    assert {"onnx", "onnxruntime"} <= installed  # the export extra
+    for extra, requirements in pins.extras.items():
+        if extra in pins.extras_left_out:
+            continue
+        for requirement in map(Requirement, requirements):
+            assert canonicalize_name(requirement.name) in installed | {"pisa-train"}, (extra, str(requirement))
+    assert {canonicalize_name(Requirement(r).name) for r in pins.test_dependencies} <= installed
+
+
+def test_the_set_up_keeps_its_state_in_one_context_not_in_globals_or_sys_path():
+    """What one run works on travels as a SetupContext: no module rebinds a global, and nothing edits sys.path
+    (tools/setup_env.py finds the package in its own folder; the tests through pytest's pythonpath)."""
+    sources = {path: path.read_text() for path in [SETUP_ENV, *sorted((REPO_ROOT / "tools" / "pisa_setup").glob("*.py"))]}
+    assert len(sources) >= 9
+    for path, text in sources.items():
+        assert not re.search(r"^\s*global\s", text, re.M), path
+        assert "sys.path" not in text.replace("on sys.path", ""), path
 
 
 @pytest.fixture(scope="module")
 def mmcv_sdist():
     """mmcv 2.1.0's sdist as the set-up gets it (the cache, else the package index)."""
-    return setup_env.mmcv_sdist(setup_env.compiled_mmcv_version(setup_env.read_pins()))
+    return compiled_mmcv.mmcv_sdist(SetupContext(repo_root=REPO_ROOT, venv=REPO_ROOT / ".venv",
+                                                 pins=read_pins(REPO_ROOT)))
 
 
 def test_upstream_mmcv_2_1_0_setup_py_is_patched_for_cpp20_and_python_3_13(mmcv_sdist, tmp_path, monkeypatch):
@@ -92,7 +155,7 @@ def test_upstream_mmcv_2_1_0_setup_py_is_patched_for_cpp20_and_python_3_13(mmcv_
     original = (source / "setup.py").read_text()
     # Upstream as the patch expects it: C++17 and __version__ read back from locals() after exec.
     assert "-std=c++17" in original and "return locals()['__version__']" in original
-    setup_env.patch_mmcv_setup_py(source / "setup.py")
+    compiled_mmcv.patch_mmcv_setup_py(source / "setup.py")
     patched = (source / "setup.py").read_text()
     assert "c++17" not in patched and patched.count("-std=c++20") == 3
     get_version = re.search(r"def get_version\(\):.*?\n\n", patched, re.S).group(0)
@@ -113,16 +176,14 @@ def test_upstream_mmcv_2_1_0_setup_py_is_patched_for_cpp20_and_python_3_13(mmcv_
 def test_a_changed_sdist_is_reported_not_half_patched(tmp_path):
     setup_py = tmp_path / "setup.py"
     setup_py.write_text("extra_compile_args = ['-std=c++20']\n")
-    with pytest.raises(setup_env.SetupFailed, match="no longer names -std=c\\+\\+17; the mmcv sdist changed"):
-        setup_env.patch_mmcv_setup_py(setup_py)
+    with pytest.raises(SetupFailed, match="no longer names -std=c\\+\\+17; the mmcv sdist changed"):
+        compiled_mmcv.patch_mmcv_setup_py(setup_py)
     assert setup_py.read_text() == "extra_compile_args = ['-std=c++20']\n"
 
 
 # ---- the package index -------------------------------------------------------------------------
 
 def test_the_sdist_comes_from_the_index_checked_against_its_sha256(tmp_path):
-    import hashlib
-
     payload = b"an sdist's bytes"
     digest = hashlib.sha256(payload).hexdigest()
     files = {
@@ -255,9 +316,6 @@ def _clone(destination: Path) -> Path:
 def _distribution_closure(names: list[str]) -> list[importlib.metadata.Distribution]:
     """The installed distributions ``names`` and everything they require here, extras included
     (torch asks for ``cuda-toolkit[cufile,...]``), markers evaluated."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
     seen: dict[str, importlib.metadata.Distribution] = {}
     done: set[tuple[str, str]] = set()
     todo = [(name, "") for name in names]
@@ -442,7 +500,8 @@ def test_a_gpu_without_nvcc_gets_cpu_ops_and_is_told_why(monkeypatch, tmp_path):
     monkeypatch.delenv("PISA_MMCV_CUDA", raising=False)
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvcc on it
-    plan = setup_env.mmcv_build_plan(GPU_TORCH)
+    pins = read_pins(REPO_ROOT)
+    plan = compiled_mmcv.mmcv_build_plan(GPU_TORCH, pins)
     assert (plan["with_cuda"], plan["cpu_only_reason"], plan["nvcc"]) == (
         False, "nvcc not found; set CUDA_HOME to build the CUDA ops", None)
     assert "_cpu_cp312_" in plan["key"]
@@ -452,14 +511,14 @@ def test_a_gpu_without_nvcc_gets_cpu_ops_and_is_told_why(monkeypatch, tmp_path):
     nvcc.write_text("#!/bin/sh\n")
     nvcc.chmod(0o755)
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda"))
-    plan = setup_env.mmcv_build_plan(GPU_TORCH)
+    plan = compiled_mmcv.mmcv_build_plan(GPU_TORCH, pins)
     assert (plan["with_cuda"], plan["arch_list"], plan["nvcc"]) == (True, "9.0", str(nvcc))
     assert "_cu130-sm90_cp312_" in plan["key"]  # a wheel of its own in the cache, beside the CPU one
 
 
 def test_the_build_uses_max_jobs_else_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setenv("MAX_JOBS", "3")
-    assert setup_env.compile_jobs() == "3"
+    assert compiled_mmcv.compile_jobs() == "3"
     monkeypatch.delenv("MAX_JOBS")
-    monkeypatch.setattr(setup_env.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11})
-    assert setup_env.compile_jobs() == "12"  # a cluster job's share of the node, not os.cpu_count()
+    monkeypatch.setattr(compiled_mmcv.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11})
+    assert compiled_mmcv.compile_jobs() == "12"  # a cluster job's share of the node, not os.cpu_count()

@@ -6,9 +6,10 @@ import json
 
 import pytest
 from mmengine.config import Config
+from pycocotools.coco import COCO
 
-from pisa_train.errors import DataError
 from pisa_train.data.synthetic_shapes import CLASSES, ensure_synthetic_dataset, generate_shapes_dataset
+from pisa_train.errors import DataError
 
 
 def digest(root):
@@ -28,8 +29,6 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
 
 
 def test_annotations_are_coco_and_boxes_lie_inside_the_images(shapes_dataset):
-    from pycocotools.coco import COCO
-
     coco = COCO(str(shapes_dataset / "annotations" / "train.json"))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
     assert len(coco.getImgIds()) == 8 and len(coco.getAnnIds()) >= 8

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT, X101_PISA_CONFIG
+from mmdet.datasets import CocoDataset
+from mmengine.config import Config
+from PIL import Image
 
 BENCHMARK = REPO_ROOT / "benchmarks" / "train_speed.py"
 COMPILED_MMCV_PYTHON = REPO_ROOT / ".venv-mmcv-compiled" / "bin" / "python"
@@ -25,8 +27,6 @@ _spec.loader.exec_module(train_speed)
 
 
 def _load(path):
-    from mmengine.config import Config
-
     return Config.fromfile(str(path)).to_dict()
 
 
@@ -65,9 +65,6 @@ def test_the_benchmark_config_changes_only_what_a_timing_needs(tmp_path, mode):
 
 
 def test_the_generated_images_and_boxes_are_coco_format(tmp_path):
-    from mmdet.datasets import CocoDataset
-    from PIL import Image
-
     train_speed.generate_dataset(tmp_path / "data", count=3, width=96, height=64)
     coco = json.loads((tmp_path / "data" / "annotations" / "train.json").read_text())
     assert [image["file_name"] for image in coco["images"]] == ["00000.jpg", "00001.jpg", "00002.jpg"]

@@ -2,16 +2,22 @@
 on a real MMEngine Runner with a toy model."""
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from toy_runner import ToyRegressor, build_toy_runner, toy_cfg
 
 from pisa_train.engine import runner as engine
-from pisa_train.errors import ConfigError, NonFiniteLossError, TrainingStopped
-from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
+from pisa_train.engine.checkpoint_files import load_checkpoint_file
+from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
 from pisa_train.engine.hooks.training_guards import describe_nonfinite, nonfinite_terms
-from toy_runner import build_toy_runner, toy_cfg
+from pisa_train.engine.patches.skip_nonfinite_updates import skip_nonfinite_updates
+from pisa_train.errors import ConfigError, NonFiniteLossError, TrainingStopped
 
 
 def load(path):
@@ -40,8 +46,6 @@ def test_a_signal_saves_at_the_iteration_boundary_and_resume_continues(tmp_path,
 
 
 def test_a_scheduled_save_of_the_same_iteration_is_not_repeated(tmp_path, monkeypatch):
-    from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
-
     saved = []
     original = AtomicCheckpointHook.save_checkpoint_file
     monkeypatch.setattr(AtomicCheckpointHook, "save_checkpoint_file",
@@ -110,32 +114,26 @@ def test_nonfinite_terms_names_the_terms_before_the_total():
         "on rank 3 of 4, loss term 'loss_cls' is nan")
 
 
-def test_upstream_train_step_updates_through_the_instances_update_params():
+def test_upstream_train_step_updates_through_the_instances_update_params(monkeypatch):
     """Guard of engine/patches/skip_nonfinite_updates.py: mmengine's BaseModel.train_step must call
-    ``update_params`` on the OptimWrapper instance, once, with the summed loss; if it stops, a
-    rebound ``update_params`` no longer skips anything and nonfinite_loss='skip' must change."""
-    from mmengine.optim import OptimWrapper
+    ``update_params`` on the OptimWrapper, once, with the summed loss, and AmpOptimWrapper must inherit
+    OptimWrapper's; if either stops, the replaced ``update_params`` no longer skips anything and
+    nonfinite_loss='skip' must change."""
 
-    from toy_runner import ToyRegressor
-
+    assert "update_params" not in vars(AmpOptimWrapper)
     model = ToyRegressor()
     optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
     seen = []
-    optim_wrapper.update_params = lambda loss, *args, **kwargs: seen.append(loss)
+    monkeypatch.setattr(OptimWrapper, "update_params", lambda self, loss, *args, **kwargs: seen.append(loss))
     data = dict(inputs=[torch.tensor([0.5])], targets=[torch.tensor([2.0])])
     log_vars = model.train_step(data, optim_wrapper)
     assert len(seen) == 1 and float(seen[0].detach()) == pytest.approx(float(log_vars["loss"]))
 
 
 def test_a_skipped_step_leaves_the_weights_and_a_finite_one_updates_them():
-    from mmengine.optim import OptimWrapper
-
-    from pisa_train.engine.patches.skip_nonfinite_updates import skip_nonfinite_updates
-    from toy_runner import ToyRegressor
-
     model = ToyRegressor(nan_at=[1])
     optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
-    skip_nonfinite_updates(optim_wrapper)
+    skip_nonfinite_updates()  # as install_into_mmengine does for nonfinite_loss='skip'
     before = [p.detach().clone() for p in model.parameters()]
     data = dict(inputs=[torch.tensor([0.5])], targets=[torch.tensor([2.0])])
     model.train_step(data, optim_wrapper)  # call 1: NaN loss
@@ -143,6 +141,8 @@ def test_a_skipped_step_leaves_the_weights_and_a_finite_one_updates_them():
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     model.train_step(data, optim_wrapper)  # call 2: finite
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    skip_nonfinite_updates(False)  # as for a run with nonfinite_loss='stop': mmengine's own again
+    assert not getattr(OptimWrapper.update_params, "_pisa_train_replacement", False)
 
 
 # A parent process that reads from a DataLoader with one worker, which the test (not the parent)
@@ -173,10 +173,6 @@ print("read every batch", flush=True)
 
 
 def _read_through_a_sigterm_to_the_worker(mode: str):
-    import os
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-c", DATALOADER_UNDER_SIGTERM, mode], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     worker = int(proc.stdout.readline().split()[1])

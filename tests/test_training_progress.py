@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 import os
 import pty
 import re
@@ -11,11 +12,17 @@ import select
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
-from mmengine.hooks import Hook
-
 from conftest import DEMO_CONFIG
+from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
+from toy_runner import build_toy_runner, toy_cfg
+
+from pisa_train.cli import evaluate, train
+from pisa_train.config.build import build_train_config
+from pisa_train.engine.hooks.console_streams import ConsoleAboveTheLine
 from pisa_train.engine.hooks.progress_bar import ProgressBarHook, _PhaseClock, evaluation_line, training_line
 from pisa_train.terminal import TerminalLine, WritesAboveTheLine, fit_to_width, progress_bar
 
@@ -94,9 +101,6 @@ class PrintsEachIteration(Hook):
 
 def run_toy_training(tmp_path, interactive: bool, by_epoch: bool, prints=False, terminal=None):
     """MMEngine's real Runner on the toy model, its console log and the hook writing to one stream."""
-    import logging
-
-    from toy_runner import build_toy_runner, toy_cfg
 
     cfg = toy_cfg(tmp_path / "work", max_iters=6, by_epoch=by_epoch)
     cfg.log_level = "INFO"
@@ -159,13 +163,10 @@ def test_off_a_terminal_the_hook_writes_nothing(tmp_path):
 
 
 def test_the_commands_add_the_hook_unless_told_not_to():
-    from pisa_train.cli import evaluate, train
-    from pisa_train.config.build import build_train_config
-
-    args = train.build_parser().parse_args([str(DEMO_CONFIG)])
+    args = train.parse_request([str(DEMO_CONFIG)])
     cfg, _ = build_train_config(args, "cpu")
     assert [hook["type"] for hook in cfg.custom_hooks].count("ProgressBarHook") == 1
-    args = train.build_parser().parse_args([str(DEMO_CONFIG), "--no-progress"])
+    args = train.parse_request([str(DEMO_CONFIG), "--no-progress"])
     cfg, _ = build_train_config(args, "cpu")
     assert "ProgressBarHook" not in [hook["type"] for hook in cfg.custom_hooks]
     assert evaluate.build_parser().parse_args(["c.py", "w.pth", "--no-progress"]).progress is False
@@ -227,14 +228,10 @@ def test_in_a_real_terminal_training_and_evaluation_show_their_bars(tmp_path, sh
 
 
 def test_upstream_logger_writes_through_a_plain_stream_handler(monkeypatch):
-    """Guard of engine/patches/console_streams.py: mmengine's MMLogger writes its console lines
+    """Guard of engine/hooks/console_streams.py: mmengine's MMLogger writes its console lines
     through a plain logging.StreamHandler holding the sys.stdout of the moment it was made. If
     that changes, the progress bar's console routing finds no handler and log lines would be
     drawn over the bar."""
-    import logging
-    import uuid
-
-    from mmengine.logging import MMLogger
 
     fake_stdout = io.StringIO()
     monkeypatch.setattr(sys, "stdout", fake_stdout)
@@ -244,10 +241,6 @@ def test_upstream_logger_writes_through_a_plain_stream_handler(monkeypatch):
 
 
 def test_console_routing_writes_above_the_line_and_gives_every_stream_back(monkeypatch):
-    import logging
-
-    from pisa_train.engine.patches.console_streams import ConsoleAboveTheLine
-
     terminal = io.StringIO()
     monkeypatch.setattr(sys, "stdout", terminal)
     logger = logging.getLogger("console-routing-test")

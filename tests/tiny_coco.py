@@ -2,17 +2,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from PIL import Image
-
-from conftest import ROBOFLOW_FIXTURE  # one definition of where the shared fixture lives
-
-
-def copy_roboflow_fixture(tmp_path: Path) -> Path:
-    """A writable copy of the real Roboflow export (the original is read-only)."""
-    return Path(shutil.copytree(ROBOFLOW_FIXTURE, tmp_path / "roboflow-badminton"))
 
 
 def write_image(path: Path, width: int = 64, height: int = 48) -> None:
@@ -74,5 +66,5 @@ def make_repacked_roboflow(root: Path, splits=("train", "valid"), data: dict | N
             label.parent.mkdir(parents=True, exist_ok=True)
             label.write_text("0 0.5 0.5 0.2 0.2\n")
     (root / "README.dataset.txt").write_text("exported from a re-pack\n")
-    (root / "data.yaml").write_text(f"names: [cat, dog]\nnc: 2\n")
+    (root / "data.yaml").write_text("names: [cat, dog]\nnc: 2\n")
     return root

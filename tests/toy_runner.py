@@ -2,12 +2,17 @@
 checkpointing in about a second, without mmdet. For tests of pisa-train's hooks."""
 from __future__ import annotations
 
+import signal
 import uuid
 
 import torch
+from mmengine.config import Config
 from mmengine.model import BaseModel
 from mmengine.registry import DATASETS, MODELS
 from torch.utils.data import Dataset
+
+from pisa_train.config import rewrites as config_rewrites
+from pisa_train.engine import runner as engine
 
 
 @MODELS.register_module(force=True)
@@ -46,9 +51,6 @@ class ToyData(Dataset):
 
 def toy_cfg(work_dir, max_iters=6, interval=1, max_keep_ckpts=2, custom_hooks=(), nonfinite_loss=None,
             nan_at=(), by_epoch=False):
-    from mmengine.config import Config
-
-    from pisa_train.config import rewrites as config_rewrites
 
     train_cfg = dict(by_epoch=True, max_epochs=2) if by_epoch else dict(by_epoch=False, max_iters=max_iters)
     cfg = Config(dict(
@@ -74,8 +76,6 @@ def toy_cfg(work_dir, max_iters=6, interval=1, max_keep_ckpts=2, custom_hooks=()
 
 
 def build_toy_runner(cfg):
-    from pisa_train.engine import runner as engine
-
     return engine.build_runner(cfg)
 
 
@@ -92,8 +92,6 @@ class SendSignalHook(Hook):
         self.at, self.signal_name, self.times = at, signal_name, times
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
-        import signal
-
         if runner.iter + 1 == self.at:
             for _ in range(self.times):
                 signal.raise_signal(getattr(signal, self.signal_name))

@@ -67,9 +67,17 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+
+# The set-up's package, in tools/ beside this script (Python puts a script's folder on sys.path).
+from pisa_setup.context import SetupContext
+from pisa_setup.pins import read_pins
+from pisa_setup.venv import create_venv
+
+import pisa_train  # noqa: F401  (before mmcv: provides mmcv._ext where mmcv has no compiled ops)
+from pisa_train.engine.device import mmcv_kernels
 
 REPO = Path(__file__).resolve().parent.parent
 X101_CONFIG = "configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py"
@@ -235,12 +243,9 @@ def make_compiled_mmcv_venv(wheel: Path, venv: Path) -> int:
     """The compiled-mmcv-venv step: ``venv`` made afresh, seeing this Python's packages the way tools/setup_env.py's
     --use-system-torch makes a venv see them (torch, mmdet, mmengine, pytest, pisa-train), and compiled mmcv
     installed from ``wheel`` alone (no index, no dependencies) in front of the mmcv-lite it sees."""
-    import setup_env  # tools/, beside this script
-
     if venv.exists():
         shutil.rmtree(venv)
-    setup_env.use_venv(venv)
-    setup_env.create_venv(use_system_torch=True)
+    create_venv(SetupContext(repo_root=REPO, venv=venv, pins=read_pins(REPO)), use_system_torch=True)
     python = str(venv / "bin" / "python")
     installed = subprocess.run([python, "-m", "pip", "--disable-pip-version-check", "install", "--quiet",
                                 "--no-index", "--no-deps", str(wheel)])
@@ -322,16 +327,12 @@ def render_markdown(report: dict) -> list[str]:
 
 def describe_machine() -> tuple[str, str, str | None, dict]:
     """(machine, versions, GPU name, whose kernels mmcv.ops runs in this Python)."""
-    import pisa_train  # noqa: F401  (before mmcv: provides mmcv._ext where mmcv has no compiled ops)
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     import mmcv
     import mmdet
     import mmengine
+    import torch
 
-    from pisa_train.engine.device import mmcv_kernels
-
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     kernels = mmcv_kernels()
     versions = (f"Python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
                 f"mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmengine {mmengine.__version__}")

@@ -3,7 +3,9 @@
     pisa-data download coco2017 --dest data/coco
     pisa-data download URL --dest data/NAME      (Roboflow COCO export link, or a zip/tar)
     pisa-data check DIR [--plots]
+    pisa-data split|convert DIR --dest OUT        (hold images out; Pascal VOC or YOLO into COCO)
     pisa-data weights [--dest DIR] [--only NAME]  (fetch/weights.py: mirrors, verified)
+    pisa-data weights --print-sha256 > pins.txt   (then PISA_TRAIN_WEIGHTS_SHA256=pins.txt)
     pisa-data synthetic --dest DIR [--seed N]
 
 Downloads resume, are verified, and are skipped when done; pisa-train trains.
@@ -13,9 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pisa_train.cli.data_commands import run_check, run_download, run_split_or_convert, run_synthetic, run_weights
 from pisa_train.cli.options import add_debug, add_no_progress
 from pisa_train.cli.running import run_command
-from pisa_train.errors import DataError
+from pisa_train.fetch.archives import DEFAULT_MAX_EXPANSION
+from pisa_train.fetch.http import DEFAULT_MAX_DOWNLOAD_BYTES, full_disk_is_one_line
+from pisa_train.fetch.weights import DEFAULT_MAX_WEIGHTS_BYTES
+from pisa_train.terminal import byte_size, format_bytes
 
 PROG = "pisa-data"
 
@@ -38,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--keep-archives", action="store_true", help="keep the archives after extracting them")
     download.add_argument("--sha256", help="expected SHA-256 of the archive at URL (checked if given)")
     download.add_argument("--md5", help="expected MD5 of the archive at URL (checked if given)")
+    download.add_argument("--max-download-size", type=byte_size, default=DEFAULT_MAX_DOWNLOAD_BYTES, metavar="SIZE",
+                          help=f"largest download of unknown size ({format_bytes(DEFAULT_MAX_DOWNLOAD_BYTES)})")
+    download.add_argument("--max-expansion", type=float, default=DEFAULT_MAX_EXPANSION, metavar="RATIO",
+                          help=f"refuse archives expanding more than RATIO times (default {DEFAULT_MAX_EXPANSION:g})")
 
     check = commands.add_parser(
         "check", parents=[common], help="validate a dataset folder and print its table",
@@ -47,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--plots", nargs="?", const="", metavar="OUT_DIR", help="also draw label statistics and "
                        "training images with their boxes into OUT_DIR (default: check_plots/<folder name>)")
 
+    for name, what in (("split", "hold images out for validation and testing: train.json, val.json (test.json), "
+                                 "stratified by class, deterministic"),
+                       ("convert", "convert a Pascal VOC or YOLO dataset into COCO annotation files")):
+        derive = commands.add_parser(name, parents=[common], help=what, description=f"{what}; no image is copied.")
+        derive.add_argument("folder", metavar="DIR", help="the dataset folder")
+        derive.add_argument("--dest", required=True, help="a new folder for the annotation files")
+    for flag, default, what in (("--val", 0.2, "fraction of the images to validate on"),
+                                ("--test", 0.0, "fraction of the images to test on"), ("--seed", 0, "random seed")):
+        commands.choices["split"].add_argument(flag, type=type(default), default=default,
+                                               help=f"{what} (default {default})")
+
     weights = commands.add_parser(
         "weights", parents=[common], help="download the pretrained weights the configs use",
         description="Fetch checkpoints (default: ResNeXt-101 32x4d and the PISA X101 model) from the mirrors in "
@@ -55,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--only", action="append", metavar="NAME",
                          help="fetch these instead (repeatable): a released model (pisa-train --list), a name of "
                               "mmengine's open-mmlab:// table (resnext101_32x4d), torchvision://resnet50, an URL")
+    weights.add_argument("--max-download-size", type=byte_size, default=DEFAULT_MAX_WEIGHTS_BYTES, metavar="SIZE",
+                         help=f"largest download of unknown size ({format_bytes(DEFAULT_MAX_WEIGHTS_BYTES)})")
+    weights.add_argument("--print-sha256", action="store_true", help="download nothing: print the folder's SHA-256s "
+                         "as sha256sum does, the pins PISA_TRAIN_WEIGHTS_SHA256 takes")
 
     synthetic = commands.add_parser(
         "synthetic", parents=[common], help="write the synthetic shapes dataset (boxes and masks)",
@@ -64,56 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_download(args: argparse.Namespace) -> int:
-    from pisa_train.data.layout import describe_dataset
-    from pisa_train.fetch import datasets as dataset_downloads
-
-    layout = (dataset_downloads.download_coco2017(args.dest, keep_archives=args.keep_archives, progress=args.progress)
-              if args.source == "coco2017" else
-              dataset_downloads.download_dataset_url(args.source, args.dest, sha256=args.sha256, md5=args.md5,
-                                                     keep_archive=args.keep_archives, progress=args.progress))
-    print(describe_dataset(layout), flush=True)
-    print(f"next: pisa-data check {args.dest}", flush=True)
-    return 0
-
-
-def run_check(args: argparse.Namespace) -> int:
-    from pisa_train.data.check import check_dataset, render_report
-
-    report = check_dataset(args.folder, open_images=not args.quick, progress=args.progress)
-    print(render_report(report), flush=True)
-    if args.plots is not None and report.classes:
-        from pisa_train.results.dataset_plots import plot_dataset
-
-        print(f"plots: {', '.join(map(str, plot_dataset(args.folder, report.classes, args.plots)))}", flush=True)
-    if report.errors:
-        raise DataError(f"{len(report.errors)} errors in dataset {args.folder} (listed above); fix them and run "
-                        f"`pisa-data check {args.folder}` again")
-    return 0
-
-
-def run_weights(args: argparse.Namespace) -> int:
-    from pisa_train.fetch.weights import fetch_weights, where_mmengine_looks
-
-    paths = fetch_weights(args.only, args.dest, progress=args.progress)
-    for line in [f"ready: {path}" for path in paths] + where_mmengine_looks(paths):
-        print(line, flush=True)
-    return 0
-
-
-def run_synthetic(args: argparse.Namespace) -> int:
-    from pisa_train.data.synthetic_shapes import DEMO_SETTINGS, write_synthetic_dataset
-
-    print(write_synthetic_dataset(args.dest, **{**DEMO_SETTINGS, "seed": args.seed}), flush=True)
-    print(f"next: pisa-train pisa_mask_rcnn_r50_fpn_1x_coco --data {args.dest}", flush=True)
-    return 0
-
-
-_COMMANDS = {"download": run_download, "check": run_check, "weights": run_weights, "synthetic": run_synthetic}
+_COMMANDS = {"download": run_download, "check": run_check, "split": run_split_or_convert,
+             "convert": run_split_or_convert, "weights": run_weights, "synthetic": run_synthetic}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(PROG, build_parser(), lambda args: _COMMANDS[args.command](args), argv)
+    return run_command(PROG, build_parser(), lambda args: full_disk_is_one_line(
+        lambda: _COMMANDS[args.command](args), getattr(args, "dest", None) or getattr(args, "folder", ".")), argv)
 
 
 if __name__ == "__main__":

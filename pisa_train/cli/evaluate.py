@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pisa_train.cli.options import add_amp_options, add_config_overrides, add_print_config, add_run_options
-from pisa_train.cli.running import print_config, run_command
+from pisa_train.cli.running import request_parser, run_request
+from pisa_train.config.build import build_test_config
+from pisa_train.config.requests import TestRequest
+from pisa_train.terminal import write_line
 
 PROG = "pisa-eval"
 
@@ -45,61 +49,64 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_overrides(parser)
     add_print_config(parser)
     add_amp_options(parser, training=False)
-    add_run_options(parser)
+    add_run_options(parser, trackers=True)
     return parser
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+parse_request = request_parser(build_parser, TestRequest)  # the request main() hands on, for tests and tools
 
-    from pisa_train.config.build import build_test_config
+
+def evaluate(request: TestRequest) -> dict:
+    """Evaluate as ``request`` says (the command line's, or pisa_train.evaluate's); the metrics as --out
+    writes them (an empty dict in the processes of a distributed run other than rank 0)."""
     from pisa_train.data.presence import dataset_classes, dataset_image_folder
     from pisa_train.engine import runner
     from pisa_train.engine.device import choose_device
+    from pisa_train.engine.trackers import log_evaluation_to_trackers
     from pisa_train.files import write_json_atomically
     from pisa_train.results import coco_metrics
     from pisa_train.terminal import announcer
 
-    if args.print_config is not None:
-        return print_config(PROG, args, build_test_config)
     say = announcer(PROG)
-    device = choose_device(args.device)
-    cfg, notes = build_test_config(args, device)
+    device = choose_device(request.device)
+    cfg, notes = build_test_config(request, device)
     for line in notes:
         say(line)
-    coco_metrics.coco_api(args.coco_backend)  # a missing backend is reported before the model runs
+    coco_metrics.coco_api(request.coco_backend)  # a missing backend is reported before the model runs
     runner.prepare_datasets(cfg, ("test_dataloader",), say)
-    say(f"evaluating {args.checkpoint} on {device} with {args.config}; {runner.describe_precision(cfg, testing=True)}")
-    runner.run_testing(cfg, args.trust_checkpoint, say)
+    say(f"evaluating {request.checkpoint} on {device} with {request.config}; "
+        f"{runner.describe_precision(cfg, testing=True)}")
+    runner.run_testing(cfg, request.trust_checkpoint, say)
     from mmengine.dist import is_main_process
 
     if not is_main_process():  # rank 0 gathered and wrote the detections, and reports them
-        return 0
+        return {}
     from pisa_train.results.evaluation_analysis import EVALUATION_INDEX, evaluate_and_analyse
     from pisa_train.results.report import write_report
 
-    analysis_dir = Path(args.out).parent if args.out else Path(cfg.work_dir)
+    analysis_dir = Path(request.out).parent if request.out else Path(cfg.work_dir)
     iou_types = coco_metrics.evaluated_iou_types(cfg.test_evaluator.get("metric", "bbox"))
     record = evaluate_and_analyse(cfg.test_evaluator.ann_file, cfg.test_evaluator.outfile_prefix, iou_types,
-                                  args.coco_backend, dataset_classes(cfg, "test_dataloader"),
-                                  dataset_image_folder(cfg, "test_dataloader"), analysis_dir, args.score_thr,
-                                  args.worst_images, config=args.config, checkpoint=args.checkpoint,
-                                  coco_backend=args.coco_backend)
+                                  request.coco_backend, dataset_classes(cfg, "test_dataloader"),
+                                  dataset_image_folder(cfg, "test_dataloader"), analysis_dir, request.score_thr,
+                                  request.worst_images, config=request.config, checkpoint=request.checkpoint,
+                                  coco_backend=request.coco_backend)
     for iou_type, per_class in (("bbox", "per_class"), ("segm", "per_class_segm")):
         if iou_type in record:
-            print(coco_metrics.format_metrics_table(record[iou_type], iou_type), flush=True)
-            print(coco_metrics.format_per_class_table(record[per_class]), flush=True)
+            write_line(coco_metrics.format_metrics_table(record[iou_type], iou_type))
+            write_line(coco_metrics.format_per_class_table(record[per_class]))
     say(f"detections: {cfg.test_evaluator.outfile_prefix}.{'|'.join(iou_types)}.json; precision-recall curves, "
         f"confusion matrix, error breakdown and worst images in {analysis_dir}")
-    written = [str(Path(cfg.work_dir) / EVALUATION_INDEX), *([args.out] if args.out else [])]
+    written = [str(Path(cfg.work_dir) / EVALUATION_INDEX), *([request.out] if request.out else [])]
     for path in written:
         write_json_atomically(path, record)
-    say(f"metrics written to {' and '.join(written)}; report: {write_report(cfg.work_dir)}")
-    return 0
+    log_evaluation_to_trackers(cfg, record, say)  # --vis-backend (engine/trackers.py)
+    say(f"metrics written to {' and '.join(written)}; report: {write_report(cfg.work_dir, analysis_dir)}")
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(PROG, build_parser(), evaluate, argv)
+    return run_request(PROG, build_parser, TestRequest, evaluate, argv, build_test_config)
 
 
 if __name__ == "__main__":

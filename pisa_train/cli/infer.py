@@ -1,4 +1,4 @@
-"""``pisa-infer CONFIG CHECKPOINT IMAGE_OR_DIR... --out DIR``: detect objects in image files.
+"""``pisa-infer CONFIG CHECKPOINT IMAGE_OR_DIR_OR_VIDEO... --out DIR``: detect objects in images and videos.
 
 It writes each image with its detections drawn into DIR (by mmdet's visualizer,
 as ``pisa-eval --show-dir`` draws them), and DIR/detections.json: per image, its
@@ -6,8 +6,11 @@ detections in COCO's result format (``image_id``, ``category_id`` = the model's
 class index, ``bbox`` = [x, y, width, height] in pixels, ``score``), with the
 class names under "categories". It uses mmdet's ``inference_detector`` and the
 config's test pipeline; the checkpoint is loaded weights-only and refused if it
-does not fit the model. It is not an evaluation (pisa-eval) and not a video or
-webcam demo.
+does not fit the model. A video file gives a video of the same frame rate with the
+detections drawn, and one detections.json entry per frame (data/media.py,
+results/detection_outputs.py); detections.json is written as the run goes, so a
+stop leaves it valid for what was done. It is not an evaluation (pisa-eval) and
+not a webcam demo.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import argparse
 import sys
 
 from pisa_train.cli.options import add_amp_options, add_config_overrides, add_run_options
-from pisa_train.cli.running import run_command
+from pisa_train.cli.running import request_parser, run_request
+from pisa_train.config.requests import InferRequest
 
 PROG = "pisa-infer"
 
@@ -26,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: pisa-infer configs/pisa_faster_rcnn_r18_fpn_demo_shapes.py "
                "work_dirs/pisa_faster_rcnn_r18_fpn_demo_shapes/epoch_8.pth data/demo_shapes/val --out detections/")
     parser.add_argument("config", help="MMDetection config file (.py) the checkpoint was trained with")
-    parser.add_argument("checkpoint", help="checkpoint file (.pth)")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders of images")
+    parser.add_argument("checkpoint", help="checkpoint file (.pth), or a model of pisa-export (.onnx), run on "
+                                           "onnxruntime")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_DIR_OR_VIDEO",
+                        help="image files, folders of images (or of a video's frames), or video files (.mp4, .avi, "
+                             ".mkv, .mov, .webm...: drawn into DIR as a video of the same frame rate)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the drawn images and detections.json go")
     parser.add_argument("--score-thr", type=float, default=0.3, metavar="T",
                         help="keep detections with a score of at least T (default 0.3)")
@@ -37,52 +44,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def infer(args: argparse.Namespace) -> int:
-    from pathlib import Path
+parse_request = request_parser(build_parser, InferRequest)  # the request main() hands on, for tests and tools
 
+
+def infer(request: InferRequest) -> list[dict]:
+    """Detect as ``request`` says (the command line's, or pisa_train.infer's); per image, its entry of
+    detections.json. Without ``out`` (from Python only) nothing is drawn or written."""
     from pisa_train.config.build import build_infer_config
-    from pisa_train.data.images import find_images
+    from pisa_train.data.media import describe_media, find_media, media_unit
     from pisa_train.engine.device import choose_device
-    from pisa_train.engine.runner import describe_precision, load_detector
-    from pisa_train.files import write_json_atomically
-    from pisa_train.results import predictions
-    from pisa_train.terminal import ProgressReporter, announcer
+    from pisa_train.results.detection_outputs import detect_and_write
+    from pisa_train.terminal import announcer
 
     say = announcer(PROG)
-    device = choose_device(args.device)
-    cfg, _ = build_infer_config(args, device)
-    images = find_images(args.inputs)
-    model = load_detector(cfg, args.checkpoint, device, args.trust_checkpoint, say)
-    classes = list(model.dataset_meta.get("classes") or [])
-    say(f"detecting {', '.join(classes)} in {len(images)} images on {device} (score >= {args.score_thr}; "
-        f"{describe_precision(cfg, testing=True)})")
+    device = choose_device(request.device)
+    cfg, _ = build_infer_config(request, device)
+    media = find_media(request.inputs)  # an unreadable video is refused before the model loads
+    if request.checkpoint.endswith(".onnx"):  # a model of pisa-export, on onnxruntime
+        detect, classes, running_on = onnxruntime_detection(cfg, request, device)
+    else:
+        detect, classes, running_on = pytorch_detection(cfg, request, device, say)
+    say(f"detecting {', '.join(classes)} in {describe_media(media)} on {running_on} (score >= {request.score_thr})")
+    header = {"categories": [{"id": index, "name": name} for index, name in enumerate(classes)],
+              "config": request.config, "checkpoint": request.checkpoint, "score_thr": request.score_thr}
+    records = detect_and_write(detect, media, request.out, header,
+                               classes, request.score_thr, f"[{PROG}]", request.progress, say)
+    total = sum(len(record["detections"]) for record in records)
+    where = f"; drawings and detections.json in {request.out}" if request.out is not None else ""
+    say(f"{total} detections in {len(records)} {media_unit(media)}{where}")
+    return records
+
+
+def pytorch_detection(cfg, request: InferRequest, device: str, say):
+    """(image -> mmdet's DetDataSample, the class names, what it runs on) for a checkpoint, with mmdet's
+    ``inference_detector``."""
     from mmdet.apis import inference_detector
 
-    out_dir, records = Path(args.out), []
-    visualizer = predictions.prediction_visualizer(classes)
-    # Redrawn in place on a terminal; plain lines every tenth of the way in logs (no \r, no escape codes).
-    progress = ProgressReporter(f"[{PROG}] images", len(images), unit="images",
-                                interactive=None if args.progress else False)
-    for image_id, (image, name) in enumerate(zip(images, predictions.output_names(images))):
-        result = inference_detector(model, str(image))
-        predictions.draw_predictions(visualizer, image, result, out_dir / name, args.score_thr)
-        height, width = result.ori_shape
-        records.append({"id": image_id, "file_name": str(image), "width": int(width), "height": int(height),
-                        "drawn": str(out_dir / name),
-                        "detections": predictions.detections_of(result, image_id, args.score_thr)})
-        progress.update(image_id + 1)
-    progress.finish()
-    write_json_atomically(out_dir / "detections.json", {
-        "categories": [{"id": index, "name": name} for index, name in enumerate(classes)],
-        "config": args.config, "checkpoint": args.checkpoint, "score_thr": args.score_thr, "images": records},
-        indent=1)
-    total = sum(len(record["detections"]) for record in records)
-    say(f"{total} detections in {len(images)} images; drawn images and detections.json in {out_dir}")
-    return 0
+    from pisa_train.engine.runner import describe_precision, load_detector
+
+    model = load_detector(cfg, request.checkpoint, device, request.trust_checkpoint, say)
+    return (lambda image: inference_detector(model, image), list(model.dataset_meta.get("classes") or []),
+            f"{device}; {describe_precision(cfg, testing=True)}")
+
+
+def onnxruntime_detection(cfg, request: InferRequest, device: str):
+    """The same for an exported model (engine/onnx_export.py), on onnxruntime."""
+    from pisa_train.engine.onnx_export import onnxruntime_detection as detection
+    from pisa_train.errors import UsageError
+
+    if request.amp:
+        raise UsageError(f"--amp runs a PyTorch model under autocast; {request.checkpoint} is an ONNX model, "
+                         f"which runs in float32: leave out --amp")
+    detect, classes, providers = detection(cfg, request.checkpoint, device)
+    return detect, classes, f"onnxruntime ({', '.join(providers)})"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(PROG, build_parser(), infer, argv)
+    return run_request(PROG, build_parser, InferRequest, infer, argv)
 
 
 if __name__ == "__main__":

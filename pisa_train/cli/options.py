@@ -5,14 +5,15 @@ import argparse
 
 from pisa_train.engine.device import AMP_DTYPES, OPS_BACKENDS
 from pisa_train.engine.launch import LAUNCHERS
+from pisa_train.engine.trackers import TRACKERS
 
 
 def add_config_overrides(parser: argparse.ArgumentParser, with_data: bool = True) -> None:
     """--data, --cfg-options and --cfg-add."""
     if with_data:
         parser.add_argument("--data", metavar="DIR",
-                            help="a COCO-format dataset folder (Roboflow export, COCO 2017 layout, or annotations "
-                                 "beside images/; images also found in a split's images/ subfolder): sets the data "
+                            help="a COCO-format dataset folder (Roboflow, CVAT or Label Studio export, COCO 2017 layout, "
+                                 "annotations beside images/, or a pisa-data split/convert folder): sets the data "
                                  "paths, classes and num_classes of the config")
     parser.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
                         help="override config settings, e.g. model.roi_head.bbox_head.num_classes=3 "
@@ -38,7 +39,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iters", type=int, metavar="N", help="stop after N iterations and save a "
                         "checkpoint, without validation: a quick check that a config trains")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (MMEngine's "
-                        "TensorboardVisBackend, under WORK_DIR/<timestamp>/vis_data/); needs the tensorboard package")
+                        "TensorboardVisBackend, under WORK_DIR/<timestamp>/vis_data/); --vis-backend tensorboard")
+    parser.add_argument("--patience", type=int, metavar="N", help="stop after N validations in a row without a "
+                        "higher bbox mAP (EarlyStoppingHook); the best checkpoint is kept whenever a run validates")
 
 
 def add_print_config(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +63,8 @@ def add_model_zoo_options(parser: argparse.ArgumentParser) -> None:
                              "box and mask AP, checkpoint file, and whether it is already downloaded")
 
 
-def add_run_options(parser: argparse.ArgumentParser, launcher: bool = True, progress: bool = True) -> None:
+def add_run_options(parser: argparse.ArgumentParser, launcher: bool = True, progress: bool = True,
+                    trackers: bool = False) -> None:
     """--device, --launcher, --ops-backend, --trust-checkpoint, --no-progress, --debug: how a run runs."""
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         help="run on this device (default: cuda when a GPU is visible, else cpu)")
@@ -75,6 +79,9 @@ def add_run_options(parser: argparse.ArgumentParser, launcher: bool = True, prog
     parser.add_argument("--trust-checkpoint", action="append", default=[], metavar="FILE",
                         help="unpickle this checkpoint in full, even if it holds more than weights and mmengine's "
                              "training state (which can run code from the file: only for files you trust)")
+    if trackers:  # pisa-train and pisa-eval
+        parser.add_argument("--vis-backend", action="append", default=[], metavar="NAME", help=f"also log to this "
+                            f"tracker (repeatable): {', '.join(TRACKERS)} (MLflow: WORK_DIR/mlruns; W&B: offline)")
     if progress:
         add_no_progress(parser)
     add_debug(parser)

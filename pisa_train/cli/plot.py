@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pisa_train.cli.options import add_debug
 from pisa_train.cli.running import run_command
+from pisa_train.errors import DataError, UsageError
+from pisa_train.results.report import write_report
+from pisa_train.results.training_curves import draw_curves_of_run, plot_training_curves
+from pisa_train.terminal import write_line
 
 PROG = "pisa-plot"
 
@@ -30,24 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pisa_train.errors import DataError, UsageError
-
     if args.out is not None and not args.out.endswith(".png"):
         raise UsageError(f"--out {args.out}: the curves are written as PNG; give a file name ending in .png")
     if not Path(args.work_dir).is_dir():
         raise DataError(f"work dir {args.work_dir} not found; give the folder pisa-train wrote its checkpoints "
                         f"and logs to (work_dirs/<config name> by default)")
-    from pisa_train.results.training_curves import draw_curves_of_run, plot_training_curves
 
     if not args.report:
-        print(f"[{PROG}] training curves written to {plot_training_curves(args.work_dir, args.out)}", flush=True)
+        write_line(f"[{PROG}] training curves written to {plot_training_curves(args.work_dir, args.out)}")
         return 0
-    from pisa_train.results.report import write_report
 
-    print(f"[{PROG}] {draw_curves_of_run(args.work_dir)}", flush=True)  # a report without curves is still one
-    print(f"[{PROG}] report written to {write_report(args.work_dir)}", flush=True)
+    write_line(f"[{PROG}] {draw_curves_of_run(args.work_dir)}")  # a report without curves is still one
+    write_line(f"[{PROG}] report written to {write_report(args.work_dir)}")
     return 0
 
 

@@ -1,22 +1,24 @@
 """``pisa-train CONFIG``: train a detector from an MMDetection config.
 
-It does what MMDetection 3's tools/train.py does: read the config, merge
-``--cfg-options``, let a few flags rewrite it (config/build.py), build MMEngine's
-Runner and call ``train()`` (engine/runner.py). It is not a training loop of its
-own: MMEngine runs it. ``--nproc`` starts the processes (engine/launch.py);
-``--doctor`` reports instead of training (engine/doctor.py).
+It does what MMDetection 3's tools/train.py does: read the config, merge ``--cfg-options``, let a few flags
+rewrite it (config/build.py), build MMEngine's Runner and call ``train()`` (engine/runner.py). It is not a training
+loop of its own: MMEngine runs it. ``--nproc`` starts the processes (engine/launch.py); ``--doctor`` reports.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
-from pisa_train.cli.options import (add_config_overrides, add_launch_options, add_model_zoo_options,
-                                    add_print_config, add_run_options, add_training_options)
-from pisa_train.cli.running import print_config, run_command
+from pisa_train.cli import options
+from pisa_train.cli.running import print_config, request_parser, run_command
 from pisa_train.config.build import build_train_config
+from pisa_train.config.loading import model_zoo_table
+from pisa_train.config.requests import TrainRequest
 from pisa_train.engine.device import choose_device
 from pisa_train.errors import UsageError
+from pisa_train.results import report
 from pisa_train.terminal import announcer
 
 PROG = "pisa-train"
@@ -33,41 +35,43 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report versions, mmcv's kernels, GPUs, free disk and, with a CONFIG, whether its "
                              "dataset and pretrained weights are in place; train nothing (exit 6 if something "
                              "the config needs is missing)")
-    add_training_options(parser)
-    add_model_zoo_options(parser)
-    add_config_overrides(parser)
-    add_print_config(parser)
-    add_run_options(parser)
-    add_launch_options(parser)
+    options.add_training_options(parser)
+    options.add_model_zoo_options(parser)
+    options.add_config_overrides(parser)
+    options.add_print_config(parser)
+    options.add_run_options(parser, trackers=True)
+    options.add_launch_options(parser)
     return parser
 
 
-def train(args: argparse.Namespace) -> int:
-    import os
-    import time
+parse_request = request_parser(build_parser, TrainRequest)  # the request main() hands on, for tests and tools
 
+
+def train(request: TrainRequest) -> str:
+    """Train as ``request`` says (the command line's, or pisa_train.train's); the work dir."""
     from pisa_train.engine import runner
 
     say = announcer(PROG)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # as mmdet's tools/train.py
-    device = choose_device(args.device)  # first: --device cpu must hide GPUs before CUDA starts
-    cfg, notes = build_train_config(args, device)
+    device = choose_device(request.device)  # first: --device cpu must hide GPUs before CUDA starts
+    cfg, notes = build_train_config(request, device)
     for line in notes:
         say(line)
     runner.prepare_datasets(cfg, ("train_dataloader", "val_dataloader"), say)
     description, started = runner.describe_run(cfg, device), time.time()
-    if runner.launched_rank(cfg) == 0:  # once per run, not once per process
-        for line in description:
-            say(line)
-    runner.run_training(cfg, args.trust_checkpoint, say)
-    if runner.launched_rank(cfg) == 0:  # the process group is gone: the launcher's rank says who is rank 0
-        from pisa_train.results.report import report_training_run
+    rank_0 = runner.launched_rank(cfg) == 0  # the launcher's: it outlives the process group
+    for line in description if rank_0 else ():  # once per run, not once per process
+        say(line)
+    outcome = runner.run_training(cfg, request.trust_checkpoint, say, on_start=report.start_recorder(
+        cfg.work_dir, description, started) if rank_0 else None)  # in run.json at the start: a stopped run is listed
+    if rank_0:
         from pisa_train.results.training_curves import draw_curves_of_run
 
+        for line in report.outcome_lines(outcome):
+            say(line)
         say(draw_curves_of_run(cfg.work_dir))
-        say(f"report: {report_training_run(cfg.work_dir, description, started)}")
+        say(f"report: {report.report_training_run(cfg.work_dir, description, started, outcome)}")
         say(f"done; checkpoints and logs are in {cfg.work_dir}")
-    return 0
+    return cfg.work_dir
 
 
 def launch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -78,15 +82,16 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--nproc starts the processes itself; leave out --launcher {args.launcher}")
     torchrun_args = torchrun_arguments(argv, args.nproc, args.nnodes, args.node_rank, args.master_addr,
                                        args.master_port)
-    print(f"[{PROG}] starting {args.nproc} processes on this machine (node {args.node_rank} of {args.nnodes}): "
-          f"torchrun {' '.join(torchrun_args)}", flush=True)
+    announcer(PROG)(f"starting {args.nproc} processes on this machine (node {args.node_rank} of {args.nnodes}): "
+                    f"torchrun {' '.join(torchrun_args)}")
     return launch_local_workers(torchrun_args)
 
 
 def doctor(args: argparse.Namespace) -> int:
     from pisa_train.engine.doctor import run_doctor
 
-    cfg = build_train_config(args, choose_device(args.device)).cfg if args.config else None
+    cfg = (build_train_config(TrainRequest.from_namespace(args), choose_device(args.device)).cfg
+           if args.config else None)
     run_doctor(cfg, args.work_dir or ".", print_line=announcer(PROG))
     return 0
 
@@ -94,7 +99,6 @@ def doctor(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     def work(args: argparse.Namespace) -> int:
         if args.list:
-            from pisa_train.config.loading import model_zoo_table
             print(model_zoo_table(), flush=True)
             return 0
         if args.doctor:
@@ -102,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is None:
             raise UsageError("the following arguments are required: config (or --doctor)")
         if args.print_config is not None:
-            return print_config(PROG, args, build_train_config)
+            return print_config(PROG, TrainRequest.from_namespace(args), build_train_config)
         if args.nproc is not None:
             return launch(args, sys.argv[1:] if argv is None else argv)
-        return train(args)
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # as mmdet's tools/train.py
+        train(TrainRequest.from_namespace(args))
+        return 0
 
     return run_command(PROG, build_parser(), work, argv)
 

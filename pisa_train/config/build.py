@@ -17,17 +17,25 @@ earlier one where both set the same key:
    ``--work-dir``, then the config's ``work_dir``, then ``work_dirs/<config name>``).
 
 ``build_train_config``, ``build_test_config`` and ``build_infer_config`` are the
-builders of pisa-train, pisa-eval and pisa-infer. They read the parsed command
-line (an ``argparse.Namespace``) and return the config and the lines that say what
-``--data`` resolved; they start nothing. With ``--print-config`` they write nothing
+builders of pisa-train, pisa-eval and pisa-infer. They take the command's request
+(config/requests.py: filled by the command line, cli/*.py, or by the Python API,
+api.py) and return the config and the lines that say what ``--data`` resolved;
+they start nothing. With ``--print-config`` they write nothing
 either: the config names the corrected annotation copies of step 3 all the same.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from pisa_train.config import checkpoint_references
 from pisa_train.config import rewrites as rewrite
+from pisa_train.config.dataset_folder import require_split_to_test, use_dataset_folder
+from pisa_train.config.loading import load_config, parse_cfg_options
+from pisa_train.config.requests import ExportRequest, InferRequest, TestRequest, TrainRequest
+from pisa_train.engine.device import choose_amp_dtype, mmcv_kernels, require_tensorboard
+from pisa_train.engine.trackers import require_tracker_packages
 from pisa_train.errors import UsageError
 
 
@@ -36,102 +44,138 @@ class BuiltConfig(NamedTuple):
     notes: list[str]  # what --data resolved, for the log
 
 
-def load_with_overrides(args) -> BuiltConfig:
-    """Steps 1 to 3: the config file, --cfg-options, --cfg-add and --data."""
-    from pisa_train.config.loading import load_config, parse_cfg_options
+def _overrides(items, flag: str) -> dict:
+    """--cfg-options/--cfg-add: "KEY=VALUE" items parsed as mmengine's DictAction does, or a mapping
+    of dotted keys to values (the Python API's), taken as it is."""
+    return dict(items) if isinstance(items, Mapping) else parse_cfg_options(list(items), flag=flag)
 
-    cfg = load_config(args.config, parse_cfg_options(args.cfg_options),
-                      parse_cfg_options(args.cfg_add, flag="--cfg-add"))
-    if not getattr(args, "data", None):
+
+def load_with_overrides(request: TrainRequest | TestRequest | InferRequest, data: str | None = None,
+                        work_dir: str | None = None, print_config: str | None = None) -> BuiltConfig:
+    """Steps 1 to 3: the config file, --cfg-options, --cfg-add and --data (pisa-train and pisa-eval's,
+    with their --work-dir and --print-config, which decide where and whether its corrections are written)."""
+    cfg = load_config(request.config, _overrides(request.cfg_options, "--cfg-options"),
+                      _overrides(request.cfg_add, "--cfg-add"))
+    if not data:
         return BuiltConfig(cfg, [])
-    from pisa_train.config.dataset_folder import use_dataset_folder
 
-    work_dir = rewrite.apply_work_dir(cfg, getattr(args, "work_dir", None), args.config).work_dir
-    return BuiltConfig(*use_dataset_folder(cfg, args.data, os.path.join(work_dir, "annotations"),
-                                           write=getattr(args, "print_config", None) is None))
+    annotations_dir = os.path.join(rewrite.apply_work_dir(cfg, work_dir, request.config).work_dir, "annotations")
+    return BuiltConfig(*use_dataset_folder(cfg, data, annotations_dir, write=print_config is None,
+                                           cfg_options=request.cfg_options))
 
 
-def _run_on(cfg, args, device: str, kernels):
-    """The launcher, the work dir, the device and the RoIAlign/NMS kernels, as every command sets them."""
-    cfg = rewrite.set_launcher(cfg, getattr(args, "launcher", "none"))
-    cfg = rewrite.apply_work_dir(cfg, getattr(args, "work_dir", None), args.config)
+def _run_on(cfg, request: TrainRequest | TestRequest | InferRequest, device: str, kernels,
+            launcher: str = "none", work_dir: str | None = None):
+    """The launcher, the work dir, the device and the RoIAlign/NMS kernels, as every command sets them
+    (pisa-infer has neither --launcher nor --work-dir: the defaults)."""
+    cfg = rewrite.set_launcher(cfg, launcher)
+    cfg = rewrite.apply_work_dir(cfg, work_dir, request.config)
     cfg = rewrite.apply_device(cfg, device)
     if kernels is None:
-        from pisa_train.engine.device import mmcv_kernels
-
         kernels = mmcv_kernels()
-    backend = rewrite.backend_to_apply(args.ops_backend, device, kernels)
+    backend = rewrite.backend_to_apply(request.ops_backend, device, kernels)
     return rewrite.apply_ops_backend(cfg, backend) if backend is not None else cfg
 
 
-def amp_dtype(args, device: str) -> str | None:
+def amp_dtype(request: TrainRequest | TestRequest | InferRequest, device: str) -> str | None:
     """What ``--amp`` autocasts to (None without it): ``--amp-dtype``, else the device's default."""
-    requested = getattr(args, "amp_dtype", None)
-    if not getattr(args, "amp", False):
-        if requested is not None:
-            raise UsageError(f"--amp-dtype {requested} is the precision of --amp; add --amp")
+    if not request.amp:
+        if request.amp_dtype is not None:
+            raise UsageError(f"--amp-dtype {request.amp_dtype} is the precision of --amp; add --amp")
         return None
-    from pisa_train.engine.device import choose_amp_dtype
 
-    return choose_amp_dtype(requested, device)
+    return choose_amp_dtype(request.amp_dtype, device)
 
 
-def _inference_precision(cfg, args, device: str):
+def _inference_precision(cfg, request: TestRequest | InferRequest, device: str):
     """``--amp`` on pisa-eval and pisa-infer: the model's test steps under autocast."""
-    precision = amp_dtype(args, device)
+    precision = amp_dtype(request, device)
     return rewrite.autocast_testing(cfg, precision) if precision else cfg
 
 
-def build_train_config(args, device: str, kernels=None) -> BuiltConfig:
+def build_train_config(request: TrainRequest, device: str, kernels=None) -> BuiltConfig:
     """pisa-train's config. ``kernels``: what mmcv's ops run on (default: this machine's)."""
-    cfg, notes = load_with_overrides(args)
-    cfg = _run_on(cfg, args, device, kernels)
+    cfg, notes = load_with_overrides(request, request.data, request.work_dir, request.print_config)
+    cfg = _run_on(cfg, request, device, kernels, request.launcher, request.work_dir)
     cfg = rewrite.use_cpu_model_wrapper(cfg, device)  # after the launcher: only distributed CPU runs
-    precision = amp_dtype(args, device)
+    precision = amp_dtype(request, device)
     if precision:
         cfg = rewrite.enable_amp(cfg, precision)
-    if args.auto_scale_lr:
+    if request.auto_scale_lr:
         cfg = rewrite.enable_auto_scale_lr(cfg)
-    cfg = rewrite.apply_resume(cfg, args.resume)
-    cfg = rewrite.apply_load_from(cfg, getattr(args, "load_from", None), args.resume)
-    cfg = rewrite.apply_seed(cfg, args.seed)
-    cfg = rewrite.limit_iterations(cfg, args.max_iters)
+    cfg = rewrite.apply_resume(cfg, checkpoint_references.resume_checkpoint_on_disk(request.resume))
+    cfg = rewrite.apply_load_from(cfg, checkpoint_references.load_from_reference(request.load_from, request.resume))
+    cfg = rewrite.apply_seed(cfg, request.seed)
+    cfg = rewrite.limit_iterations(cfg, request.max_iters)
     cfg = rewrite.add_training_safeguards(cfg)  # after resume and load-from: the checkpoint must fit the model
     cfg = rewrite.log_losses_per_rank(cfg)  # after limit_iterations, which sets the logger interval
-    if args.progress:
+    if request.progress:
         cfg = rewrite.show_progress_bars(cfg)
-    if args.tensorboard:
-        from pisa_train.engine.device import require_tensorboard
-
+    # After limit_iterations, which turns validation off: no validation, no best checkpoint and no --patience.
+    cfg = rewrite.keep_best_checkpoint(cfg)
+    cfg = rewrite.enable_early_stopping(cfg, request.patience)
+    if request.tensorboard:
         require_tensorboard()  # before anything runs: MMEngine would fail at the first logged scalar
-        cfg = rewrite.enable_tensorboard(cfg)
+    cfg = _log_to_trackers(cfg, ["tensorboard"] * request.tensorboard + list(request.vis_backend))
     return BuiltConfig(cfg, notes)
 
 
-def build_test_config(args, device: str, kernels=None) -> BuiltConfig:
-    """pisa-eval's config: the config's test loop on ``args.checkpoint``, detections dumped for evaluation."""
-    if args.out is not None and not args.out.endswith(".json"):
-        raise UsageError(f"--out {args.out}: the metrics are written as JSON; give a file name ending in .json")
-    if not 0 <= args.score_thr <= 1:
-        raise UsageError(f"--score-thr must be between 0 and 1, not {args.score_thr}")
-    if args.worst_images < 0:
-        raise UsageError(f"--worst-images must be 0 or more, not {args.worst_images}")
-    cfg, notes = load_with_overrides(args)
-    cfg = _run_on(cfg, args, device, kernels)
-    cfg = rewrite.apply_checkpoint_for_testing(cfg, args.checkpoint)
-    cfg = rewrite.enable_show_dir(cfg, args.show_dir)
+def _log_to_trackers(cfg, names: list[str]):
+    """--vis-backend (and --tensorboard): each tracker's package checked before anything runs (MMEngine
+    would fail at the first logged scalar); MLflow and W&B pointed where config/rewrites.py says."""
+    if not names:
+        return cfg
+    require_tracker_packages(names)
+    # W&B without an API key or a WANDB_MODE would stop at its login prompt: offline, synced later by `wandb sync`.
+    wandb_mode = os.environ.get("WANDB_MODE") or (None if os.environ.get("WANDB_API_KEY") else "offline")
+    return rewrite.enable_vis_backends(cfg, names, os.environ.get("MLFLOW_TRACKING_URI"), wandb_mode)
+
+
+def build_test_config(request: TestRequest, device: str, kernels=None) -> BuiltConfig:
+    """pisa-eval's config: the config's test loop on ``request.checkpoint``, detections dumped for evaluation."""
+    if request.out is not None and not request.out.endswith(".json"):
+        raise UsageError(f"--out {request.out}: the metrics are written as JSON; give a file name ending in .json")
+    if not 0 <= request.score_thr <= 1:
+        raise UsageError(f"--score-thr must be between 0 and 1, not {request.score_thr}")
+    if request.worst_images < 0:
+        raise UsageError(f"--worst-images must be 0 or more, not {request.worst_images}")
+    cfg, notes = load_with_overrides(request, request.data, request.work_dir, request.print_config)
+    if request.data:
+        require_split_to_test(cfg, request.data)  # before the checkpoint is loaded: nothing to test on
+    cfg = _run_on(cfg, request, device, kernels, request.launcher, request.work_dir)
+    cfg = rewrite.apply_checkpoint_for_testing(cfg, checkpoint_references.testing_checkpoint_reference(
+        request.checkpoint))
+    cfg = rewrite.enable_show_dir(cfg, request.show_dir)
     cfg = rewrite.dump_detections_for_evaluation(cfg)  # after the work dir, where the detections go
     cfg = rewrite.check_checkpoint_fits_model(cfg)
-    cfg = _inference_precision(cfg, args, device)
-    if args.progress:
+    cfg = _inference_precision(cfg, request, device)
+    if request.progress:
         cfg = rewrite.show_progress_bars(cfg)
+    cfg = _log_to_trackers(cfg, list(request.vis_backend))
     return BuiltConfig(cfg, notes)
 
 
-def build_infer_config(args, device: str, kernels=None) -> BuiltConfig:
+def build_infer_config(request: InferRequest, device: str, kernels=None) -> BuiltConfig:
     """pisa-infer's config: the model and its test pipeline, on the kernels the device has."""
-    if not 0 <= args.score_thr <= 1:
-        raise UsageError(f"--score-thr must be between 0 and 1, not {args.score_thr}")
-    cfg, notes = load_with_overrides(args)
-    cfg = _inference_precision(cfg, args, device)
-    return BuiltConfig(_run_on(cfg, args, device, kernels), notes)
+    if not 0 <= request.score_thr <= 1:
+        raise UsageError(f"--score-thr must be between 0 and 1, not {request.score_thr}")
+    cfg, notes = load_with_overrides(request)
+    cfg = _inference_precision(cfg, request, device)
+    return BuiltConfig(_run_on(cfg, request, device, kernels), notes)
+
+
+def build_export_config(request: ExportRequest) -> BuiltConfig:
+    """pisa-export's config: the model and its test pipeline, on the CPU with torchvision's RoIAlign and NMS
+    (whatever --ops-backend or the machine would choose: mmcv's RoIAlign exports as a node onnxruntime
+    rejects, and compiled mmcv's NMS is traced in as constants). A dynamic input size is refused: mmdet's
+    post-processing turns sizes and counts into Python numbers, which the trace freezes."""
+    if request.dynamic:
+        raise UsageError("--dynamic is not supported: mmdet's post-processing turns the image size and box "
+                         "counts into Python numbers, which the ONNX trace freezes; export at a fixed --size W H "
+                         "(images are resized and padded to it, docs/export.md)")
+    if request.size is not None and (len(request.size) != 2 or min(request.size) <= 0):
+        raise UsageError(f"--size takes a positive width and height, not {' '.join(map(str, request.size))}")
+    cfg, notes = load_with_overrides(request, data=request.data)
+    cfg = rewrite.apply_work_dir(cfg, None, request.config)
+    cfg = rewrite.apply_device(cfg, "cpu")
+    return BuiltConfig(rewrite.apply_ops_backend(cfg, "torchvision"), notes)

@@ -25,10 +25,12 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pisa_train.config.loading import CONFIGS_DIR
+from pisa_train.data.check import resolve_checked_dataset
 from pisa_train.data.coco_annotations import write_corrected_copy
-from pisa_train.data.layout import DatasetLayout, SplitFiles, describe_dataset, resolve_dataset
+from pisa_train.data.layout import DatasetLayout, SplitFiles, describe_dataset
 from pisa_train.data.presence import innermost_dataset
-from pisa_train.errors import ConfigError
+from pisa_train.errors import ConfigError, DataError
 
 
 class DatasetApplied(NamedTuple):
@@ -54,6 +56,28 @@ def _point_loader(cfg: Any, key: str, layout: DatasetLayout, files: SplitFiles) 
     dataset["data_prefix"] = dict(img=files.img_prefix)
     # The palette of the old classes would not match; mmdet makes one up.
     dataset["metainfo"] = dict(classes=layout.classes)
+
+
+def _train_on_background_images(cfg: Any) -> None:
+    """Images without boxes are trained on, as negatives (Ultralytics does; detectron2 has
+    FILTER_EMPTY_ANNOTATIONS): mmdet's configs drop them with filter_empty_gt=True, while people add
+    them to a dataset on purpose."""
+    dataset = _innermost_dataset(cfg["train_dataloader"], "train_dataloader")
+    dataset["filter_cfg"] = {**(dataset.get("filter_cfg") or {}), "filter_empty_gt": False}
+
+
+def user_sets_filter_empty_gt(cfg: Any, cfg_options: list[str] | None = None) -> bool:
+    """Whether the user decided ``filter_empty_gt`` (a config of their own that says it, or
+    --cfg-options), which --data then keeps; pisa-train's own configs follow mmdet's default."""
+    if any("filter_empty_gt" in option for option in cfg_options or ()):
+        return True
+    filename = cfg.get("filename") if isinstance(cfg, dict) else getattr(cfg, "filename", None)
+    if not filename or Path(filename).resolve().parent == CONFIGS_DIR:
+        return False
+    try:
+        return "filter_empty_gt" in Path(filename).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
 
 
 def _point_evaluator(cfg: Any, key: str, layout: DatasetLayout, files: SplitFiles) -> None:
@@ -85,13 +109,15 @@ def _never_validate(cfg: Any) -> None:
 
 
 def apply_dataset_folder(cfg: Any, layout: DatasetLayout, corrected_ann_files: dict[str, str] | None = None,
-                         ) -> DatasetApplied:
+                         keep_filter_empty_gt: bool = False) -> DatasetApplied:
     """Point ``cfg`` (an mmengine Config in mmdet's CocoDataset style) at ``layout``.
 
     Returns a new config and the notes to log; ``cfg`` itself is not changed.
     Validation uses the val split, else the test split, else is switched off;
     testing uses the test split, else the val split. ``corrected_ann_files``: per split,
     the absolute path of the annotation file to read instead (``corrected_annotation_files``).
+    Images without boxes are trained on unless ``keep_filter_empty_gt`` (the user decided).
+    A demo config's synthetic dataset is not generated: the run reads ``layout`` instead.
     """
     cfg = copy.deepcopy(cfg)
     # mmdet's base configs say `test_dataloader = val_dataloader` and
@@ -101,12 +127,16 @@ def apply_dataset_folder(cfg: Any, layout: DatasetLayout, corrected_ann_files: d
         if cfg.get(key) is not None:
             cfg[key] = copy.deepcopy(cfg[key])
 
+    if cfg.get("synthetic_dataset"):
+        cfg["synthetic_dataset"] = None
     notes: list[str] = []
     splits = {split: SplitFiles((corrected_ann_files or {}).get(split, files.ann_file), files.img_prefix)
               for split, files in layout.splits.items()}
     if "train" in splits:
         if cfg.get("train_dataloader") is not None:
             _point_loader(cfg, "train_dataloader", layout, splits["train"])
+            if not keep_filter_empty_gt:
+                _train_on_background_images(cfg)
     else:
         notes.append(f"{layout.data_root} has no train split: train_dataloader is unchanged, "
                      f"use this dataset for evaluation only")
@@ -115,8 +145,10 @@ def apply_dataset_folder(cfg: Any, layout: DatasetLayout, corrected_ann_files: d
     test_split = "test" if "test" in splits else val_split
     if val_split is None:
         _never_validate(cfg)
-        notes.append(f"{layout.data_root} has no validation or test split: training runs without "
-                     f"validation (val_dataloader, val_cfg and val_evaluator are None)")
+        notes.append(f"{layout.data_root} has no validation or test split: training runs on all of it, without "
+                     f"validation (val_dataloader, val_cfg and val_evaluator are None); to hold images out for "
+                     f"validation, `pisa-data split {layout.data_root} --dest {layout.data_root}-split` and train "
+                     f"with --data {layout.data_root}-split")
     else:
         if val_split == "test":
             notes.append(f"{layout.data_root} has no validation split: validating on the test split "
@@ -151,30 +183,46 @@ def corrected_annotation_files(layout: DatasetLayout, annotations_dir: str | Pat
     """Per split whose images are found under other names than its file_names, or whose annotation
     ids need renumbering, the absolute path of its corrected copy: ``annotations_dir/<split>.json``."""
     return {split: os.path.abspath(os.path.join(annotations_dir, f"{split}.json")) for split in layout.splits
-            if split in layout.renamed_images or split in layout.ids_to_renumber}
+            if split in layout.renamed_images or split in layout.ids_to_renumber or split in layout.areas_to_compute}
 
 
 def _what_the_copy_corrects(layout: DatasetLayout, split: str) -> str:
     corrections = ["the file names that are on disk"] if split in layout.renamed_images else []
     if split in layout.ids_to_renumber:
         corrections.append(f"annotation ids renumbered from 1 ({layout.ids_to_renumber[split]})")
+    if split in layout.areas_to_compute:
+        corrections.append(f"an area (width x height) for its {layout.areas_to_compute[split]} boxes without one")
     return " and ".join(corrections)
 
 
 def use_dataset_folder(cfg: Any, folder: str | Path, annotations_dir: str | Path, write: bool = True,
-                       ) -> DatasetApplied:
+                       cfg_options=()) -> DatasetApplied:
     """``--data DIR``: resolve the folder and point the config at it; the notes start with the
     resolved settings, for the log. Where file_names need other names or annotation ids need
     renumbering, the corrected annotation files go into ``annotations_dir`` (unless ``write`` is
-    False: the config names them all the same)."""
-    layout = resolve_dataset(folder)
+    False: the config names them all the same). What ``pisa-data check`` calls an error is refused
+    (data/check.py). ``cfg_options``: the --cfg-options given (``user_sets_filter_empty_gt``)."""
+    layout, annotations = resolve_checked_dataset(folder)
     corrected = corrected_annotation_files(layout, annotations_dir)
     notes = []
     for split, path in corrected.items():
         if write:
             write_corrected_copy(layout.data_root / layout.splits[split].ann_file, Path(path),
-                                 layout.renamed_images.get(split), renumber_ids=split in layout.ids_to_renumber)
+                                 layout.renamed_images.get(split), renumber_ids=split in layout.ids_to_renumber,
+                                 data=annotations.get(split))
         notes.append(f"  the {split} split is read from {path}: a copy of {layout.splits[split].ann_file} with "
                      f"{_what_the_copy_corrects(layout, split)}")
-    applied = apply_dataset_folder(cfg, layout, corrected)
-    return DatasetApplied(applied.cfg, describe_dataset(layout).splitlines() + notes + applied.notes)
+    keep_filter_empty_gt = user_sets_filter_empty_gt(cfg, [str(option) for option in cfg_options or ()])
+    applied = apply_dataset_folder(cfg, layout, corrected, keep_filter_empty_gt)
+    # split at our newlines only (splitlines() would split a class name at its \r): the notes' text is escaped
+    # when written (terminal.write_line)
+    return DatasetApplied(applied.cfg, describe_dataset(layout).split("\n") + notes + applied.notes)
+
+
+def require_split_to_test(cfg: Any, folder: str | Path) -> None:
+    """pisa-eval ``--data DIR``: a dataset with neither a validation nor a test split has nothing to
+    evaluate on (apply_dataset_folder left the config no test_dataloader)."""
+    if cfg.get("test_dataloader") is None:
+        raise DataError(f"dataset {folder} has no validation or test split to evaluate on; hold some images out "
+                        f"with `pisa-data split {folder} --dest {Path(folder).as_posix().rstrip('/')}-split`, train "
+                        f"on that folder and evaluate with --data {Path(folder).as_posix().rstrip('/')}-split")

@@ -7,11 +7,15 @@ or ``.py`` (``pisa_ssd300_coco``): MMDetection's model names (``pisa-train --lis
 """
 from __future__ import annotations
 
+import argparse
+import ast
 import difflib
 from pathlib import Path
 
 from pisa_train.config.settings import KNOWN_TOP_LEVEL_SETTINGS, class_built_by, takes_a_dict
 from pisa_train.errors import ConfigError
+from pisa_train.fetch.model_zoo import released_model
+from pisa_train.fetch.weights import torch_checkpoints_dir
 
 # The project's configs, named like MMDetection's models (beside the package: an editable install).
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -24,8 +28,11 @@ def parse_cfg_options(items: list[str] | None, flag: str = "--cfg-options") -> d
     ``[a,b]`` or ``(a,b)`` -> list/tuple, anything else a string. DictAction itself
     parses each value (through its public argparse interface); a malformed item, which
     DictAction would let fail inside argparse with a traceback, is a ConfigError naming it.
+    A value with dicts in it (``[dict(type=A),dict(type=B,x=1)]``, or ``{...}``) is read by
+    ``parse_dict_value`` instead: mmengine 0.10.7's DictAction recurses until Python's stack
+    is exhausted on a ``dict(...)`` holding a comma (tests/test_run_features.py's
+    ``test_upstream_dict_action_recurses_on_dicts`` fails once upstream parses them).
     """
-    import argparse
 
     from mmengine.config import DictAction
 
@@ -38,6 +45,9 @@ def parse_cfg_options(items: list[str] | None, flag: str = "--cfg-options") -> d
         if key != key.strip() or " " in key:
             raise ConfigError(f"{flag} key '{key}' contains spaces; write KEY=VALUE with no spaces "
                               f"around '=' (quote the whole item if the value has spaces)")
+        if _holds_dicts(value):
+            options[key] = parse_dict_value(value, flag, key)
+            continue
         parsed = argparse.Namespace()
         try:
             DictAction(option_strings=[flag], dest="options")(None, parsed, [item])
@@ -46,6 +56,41 @@ def parse_cfg_options(items: list[str] | None, flag: str = "--cfg-options") -> d
                               f"(check that its brackets and quotes are balanced)") from error
         options[key] = parsed.options[key]
     return options
+
+
+def _holds_dicts(value: str) -> bool:
+    return "dict(" in value.replace(" ", "") or value.strip().strip("[(").startswith("{")
+
+
+def parse_dict_value(value: str, flag: str, key: str):
+    """A value with dicts, read as the Python literal it is written as: ``dict(k=v, ...)`` and ``{'k': v}``,
+    lists, tuples, numbers, strings, True/False/None; a bare word is a string, as DictAction makes it
+    (``dict(type=MLflowVisBackend)``). Nothing is evaluated: anything else is refused."""
+    def convert(node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+                and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float)):
+            return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+        if isinstance(node, ast.List):
+            return [convert(element) for element in node.elts]
+        if isinstance(node, ast.Tuple):
+            return tuple(convert(element) for element in node.elts)
+        if isinstance(node, ast.Dict) and None not in node.keys:
+            return {convert(k): convert(v) for k, v in zip(node.keys, node.values)}
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict"
+                and not node.args and all(keyword.arg for keyword in node.keywords)):
+            return {keyword.arg: convert(keyword.value) for keyword in node.keywords}
+        raise ValueError(ast.dump(node))
+
+    try:
+        return convert(ast.parse(value.strip(), mode="eval").body)
+    except (SyntaxError, ValueError) as error:
+        raise ConfigError(f"{flag} value for '{key}' cannot be parsed: '{value}' (write dicts as "
+                          f"dict(type=NAME,key=value) or {{'key':value}}, with balanced brackets and quotes, "
+                          f"and only numbers, strings, True/False/None, lists and dicts inside)") from error
 
 
 def load_config(config_path: str, cfg_options: dict | None = None, new_keys: dict | None = None):
@@ -100,8 +145,6 @@ def resolve_config_path(config: str) -> Path:
 def model_zoo_table() -> str:
     """``pisa-train --list``: each model in configs/, its published COCO AP, its released checkpoint,
     and whether that is in the torch hub cache already."""
-    from pisa_train.fetch.model_zoo import released_model
-    from pisa_train.fetch.weights import torch_checkpoints_dir
 
     cache = torch_checkpoints_dir()
     rows = [("model", "box AP", "mask AP", "checkpoint", "downloaded")]

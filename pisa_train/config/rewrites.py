@@ -13,7 +13,8 @@ import os.path as osp
 
 from pisa_train.engine.device import AMP_DTYPES, choose_ops_backend
 from pisa_train.engine.launch import LAUNCHERS
-from pisa_train.errors import CheckpointError, ConfigError, UsageError
+from pisa_train.engine.trackers import known_tracker
+from pisa_train.errors import ConfigError, UsageError
 
 
 def _copy(cfg):
@@ -78,19 +79,14 @@ def enable_auto_scale_lr(cfg):
 
 
 def apply_resume(cfg, resume: str | None):
-    """``--resume`` alone resumes from the newest checkpoint in the work dir
-    (MMEngine reads ``last_checkpoint`` there); ``--resume PATH`` from that file."""
+    """``--resume`` alone ("auto") resumes from the newest checkpoint in the work dir (MMEngine reads
+    ``last_checkpoint`` there); ``--resume PATH`` from that file (checked by
+    checkpoint_references.resume_checkpoint_on_disk)."""
     if resume is None:
         return cfg
     cfg = _copy(cfg)
     cfg.resume = True
-    if resume == "auto":
-        cfg.load_from = None
-    else:
-        if not osp.isfile(resume):
-            raise CheckpointError(f"--resume checkpoint {resume} not found; give the path of a .pth file, or "
-                                  f"--resume alone to continue from the newest checkpoint in the work dir")
-        cfg.load_from = resume
+    cfg.load_from = None if resume == "auto" else resume
     return cfg
 
 
@@ -107,28 +103,15 @@ def _drop_pretrained_inits(node) -> None:
             _drop_pretrained_inits(value)
 
 
-def apply_load_from(cfg, checkpoint: str | None, resume: str | None = None):
+def apply_load_from(cfg, reference: str | None):
     """``--load-from CHECKPOINT|URL|MODEL_NAME``: start from a checkpoint's weights, not its optimizer
-    state or iteration (MMEngine's ``load_from`` without ``resume``). A released model's name becomes
-    its URL (fetch/model_zoo.py), which the resolver fetches when the run starts. The pretrained
-    ``init_cfg`` of the backbone is dropped: the checkpoint replaces those weights, so downloading
-    them would be wasted. How a checkpoint for other classes loads: engine/hooks/checkpoint_compatibility.py."""
-    if checkpoint is None:
-        return cfg
-    if resume is not None:
-        raise UsageError("--load-from starts a new run from a checkpoint's weights and --resume continues a run "
-                         "with its optimizer state and iteration; give one of them")
-    from pisa_train.fetch.model_zoo import MODEL_ZOO
-    from pisa_train.fetch.weights import weights_reference
-
-    reference = weights_reference(checkpoint)
+    state or iteration (MMEngine's ``load_from`` without ``resume``). ``reference`` is the file or URL
+    that checkpoint_references.load_from_reference found (a released model's name becomes its URL,
+    which the resolver fetches when the run starts). The pretrained ``init_cfg`` of the backbone is
+    dropped: the checkpoint replaces those weights, so downloading them would be wasted. How a
+    checkpoint for other classes loads: engine/hooks/checkpoint_compatibility.py."""
     if reference is None:
-        import difflib
-
-        close = difflib.get_close_matches(checkpoint, list(MODEL_ZOO), n=1, cutoff=0.8)
-        hint = f"did you mean {close[0]}?" if close else \
-            "give a .pth file, an http(s) URL, or a released model's name (`pisa-train --list`)"
-        raise CheckpointError(f"--load-from {checkpoint}: no such file, and not a released model or an URL; {hint}")
+        return cfg
     cfg = _copy(cfg)
     cfg.load_from = reference
     cfg.resume = False
@@ -226,15 +209,9 @@ def show_progress_bars(cfg):
     return cfg
 
 
-def apply_checkpoint_for_testing(cfg, checkpoint: str):
-    """pisa-eval's CHECKPOINT: a file, or a released model's name or an URL (fetched when the test starts)."""
-    from pisa_train.fetch.weights import is_remote, weights_reference
-
-    reference = checkpoint if osp.isfile(checkpoint) else weights_reference(checkpoint)
-    if reference is None or not (osp.isfile(reference) or is_remote(reference)):
-        raise CheckpointError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "
-                              f"pisa-train (work_dirs/<config>/epoch_N.pth or iter_N.pth), a released model's "
-                              f"name (pisa-train --list) or an URL")
+def apply_checkpoint_for_testing(cfg, reference: str):
+    """pisa-eval's CHECKPOINT, as checkpoint_references.testing_checkpoint_reference found it: a file,
+    or an URL (fetched when the test starts)."""
     cfg = _copy(cfg)
     cfg.load_from = reference
     cfg.resume = False
@@ -356,15 +333,89 @@ def dump_detections_for_evaluation(cfg):
 
 
 def enable_tensorboard(cfg):
-    """Log scalars to TensorBoard as well, with MMEngine's TensorboardVisBackend (files under
-    ``<work_dir>/<timestamp>/vis_data/``), beside the LocalVisBackend's scalars.json."""
+    """``--tensorboard``: ``--vis-backend tensorboard``."""
+    return enable_vis_backends(cfg, ["tensorboard"])
+
+
+def enable_vis_backends(cfg, names, mlflow_tracking_uri: str | None = None, wandb_mode: str | None = None):
+    """``--vis-backend NAME``: log scalars to these trackers as well, with MMEngine's own vis backends
+    (engine/trackers.py), beside the LocalVisBackend's scalars.json. A backend the config already has
+    is kept as it is. Where each one writes:
+
+    - tensorboard: event files under ``<work_dir>/<timestamp>/vis_data/``;
+    - mlflow: ``mlflow_tracking_uri`` (the caller passes $MLFLOW_TRACKING_URI), else a file store in
+      ``<work_dir>/mlruns``, one place for every run of the work dir, so no server is needed;
+    - wandb: ``wandb_mode`` (the caller passes $WANDB_MODE), else offline when no API key is set
+      (the caller passes "offline" then), so a run never stops at W&B's login prompt;
+    - the others: as MMEngine sets them, under ``<work_dir>/<timestamp>/vis_data/``.
+    """
+    trackers = [known_tracker(name) for name in dict.fromkeys(names)]  # unknown names first, in one line
+    if not trackers:
+        return cfg
     cfg = _copy(cfg)
     visualizer = cfg.get("visualizer")
     if visualizer is None:
-        raise ConfigError("--tensorboard needs a visualizer in the config, e.g. "
+        raise ConfigError(f"--vis-backend {names[0]} needs a visualizer in the config, e.g. "
                           "visualizer = dict(type='DetLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')])")
     backends = list(visualizer.get("vis_backends") or [])
-    if not any(backend.get("type") == "TensorboardVisBackend" for backend in backends):
-        backends.append(dict(type="TensorboardVisBackend"))
+    present = {backend.get("type", "").removeprefix("mmengine."): backend for backend in backends}
+    for tracker in trackers:
+        backend = present.get(tracker.backend)
+        if backend is None:
+            backend = dict(type=tracker.backend)
+            backends.append(backend)
+            if tracker.backend == "WandbVisBackend" and wandb_mode:
+                backend["init_kwargs"] = dict(mode=wandb_mode, dir=cfg.work_dir)
+        # The config's own MLflow backend too, where it names no store (MMEngine's default: one per start).
+        if tracker.backend == "MLflowVisBackend" and not backend.get("tracking_uri"):
+            backend["tracking_uri"] = mlflow_tracking_uri or "file://" + osp.join(osp.abspath(cfg.work_dir), "mlruns")
     visualizer.vis_backends = backends
+    return cfg
+
+
+# The validation metric the best checkpoint and --patience follow (mmdet's CocoMetric, prefix "coco").
+BEST_METRIC = "coco/bbox_mAP"
+# mmengine's EarlyStoppingHook counts a validation as an improvement only if the metric rises by more than
+# its min_delta, 0.1 by default: 10 AP points, which would stop nearly every detector. 0.001 is 0.1 AP point.
+PATIENCE_MIN_DELTA = 0.001
+
+
+def runs_validation(cfg) -> bool:
+    """Whether training validates: a validation loop, data and a bbox CocoMetric, as MMEngine builds them."""
+    evaluator = cfg.get("val_evaluator")
+    if not (cfg.get("val_cfg") is not None and cfg.get("val_dataloader") and isinstance(evaluator, dict)):
+        return False
+    metric = evaluator.get("metric", "bbox")
+    return (evaluator.get("type", "CocoMetric").removeprefix("mmdet.") == "CocoMetric"
+            and "bbox" in ([metric] if isinstance(metric, str) else list(metric)))
+
+
+def keep_best_checkpoint(cfg):
+    """Whenever the run validates, keep the checkpoint with the highest validation bbox mAP beside the
+    regular ones (``best_coco_bbox_mAP_epoch_N.pth``, written by MMEngine's own save_best). A config that
+    sets ``save_best`` itself keeps its choice; ``--resume`` never picks the best checkpoint (engine/resume.py)."""
+    checkpoint = (cfg.get("default_hooks") or {}).get("checkpoint")
+    if not runs_validation(cfg) or checkpoint is None or checkpoint.get("save_best") is not None:
+        return cfg
+    cfg = _copy(cfg)
+    cfg.default_hooks.checkpoint.save_best = BEST_METRIC
+    cfg.default_hooks.checkpoint.rule = "greater"
+    return cfg
+
+
+def enable_early_stopping(cfg, patience: int | None):
+    """``--patience N``: stop after N validations in a row without a higher bbox mAP (mmengine's
+    EarlyStoppingHook, through engine/hooks/early_stopping.py, which says so in the log and the run record)."""
+    if patience is None:
+        return cfg
+    if patience < 1:
+        raise UsageError(f"--patience must be at least 1 (validations without improvement), not {patience}")
+    if not runs_validation(cfg):
+        raise UsageError(f"--patience {patience} stops training when the validation bbox mAP stops improving, but "
+                         f"this run does not validate (--max-iters skips validation; the config needs val_dataloader, "
+                         f"val_cfg and a CocoMetric val_evaluator); leave out --patience or --max-iters")
+    cfg = _copy(cfg)
+    hooks = [hook for hook in cfg.get("custom_hooks") or [] if hook.get("type") != "PatienceHook"]
+    cfg.custom_hooks = [*hooks, dict(type="PatienceHook", monitor=BEST_METRIC, rule="greater", patience=patience,
+                                     min_delta=PATIENCE_MIN_DELTA)]
     return cfg

@@ -8,15 +8,32 @@ classes not annotated yet).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from pisa_train.data.coco_annotations import image_file_names, load_annotation_file, synthetic_root_categories
+from pisa_train import terminal
+from pisa_train.data.coco_annotations import (
+    annotation_id_problems,
+    boxes_without_area,
+    image_file_names,
+    load_annotation_file,
+    synthetic_root_categories,
+)
 from pisa_train.data.image_lookup import ImageLocation, describe_ignored, describe_locations
-from pisa_train.data.layout import LAYOUT_NAMES, SPLITS, FolderLayout, find_layout, ignored_beside, locate_split_images
+from pisa_train.data.layout import (
+    SPLITS,
+    DatasetLayout,
+    FolderLayout,
+    find_layout,
+    ignored_beside,
+    layout_name,
+    locate_split_images,
+    resolve_dataset,
+)
 from pisa_train.errors import DataError
 from pisa_train.terminal import ProgressReporter
 
@@ -25,6 +42,12 @@ WARNING = "warning"
 # Exporters round coordinates; a box that overhangs by less than a pixel is not a mistake.
 _BOX_TOLERANCE_PX = 1.0
 _EXAMPLES_IN_WARNING = 3
+# How far check opens each image: not at all (--quick: the file is there and not empty), its header (size,
+# EXIF orientation: what --data reads before training) or in full (Pillow's verify).
+NOT_OPENED, HEADER, VERIFIED = "not opened", "header", "verified"
+# EXIF orientations that turn the image by 90 degrees: the decoded image's width is the stored height.
+_TURNED = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,9 @@ class DatasetReport:
     splits: list[SplitReport] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # where the images are, what is ignored
+    # Per split, the parsed annotation file, so that --data reads each file once (resolve_checked_dataset).
+    annotations: dict[str, dict] = field(default_factory=dict, repr=False)
+    image_locations: dict[str, ImageLocation] = field(default_factory=dict, repr=False)  # per split
 
     @property
     def errors(self) -> list[Problem]:
@@ -67,17 +93,82 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _open_image(path: Path) -> tuple[int, int]:
+def pixel_limit() -> int:
+    """The most pixels an image may have: what Pillow refuses as a decompression bomb (twice its
+    MAX_IMAGE_PIXELS). mmcv's decoders have no limit, so training would take it (a 20000x20000 JPEG
+    takes 2.9 GB); check and --data refuse it alike."""
+    from PIL import Image
+
+    return 2 * Image.MAX_IMAGE_PIXELS
+
+
+def _open_image(path: Path, verify: bool) -> tuple[tuple[int, int], int]:
+    """The stored size of the image and its EXIF orientation (1 when it has none)."""
     from PIL import Image  # only `check` needs Pillow
 
     with Image.open(path) as image:
         size = image.size
-        image.verify()
-    return size
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if image.format in ("JPEG", "TIFF", "WEBP",
+                                                                                      "PNG", "MPO") else 1
+        if verify:
+            image.verify()
+    return size, orientation if isinstance(orientation, int) else 1
+
+
+def resolves_outside(data_root: Path, path: Path) -> Path | None:
+    """Where ``path`` resolves (links followed) when that is outside ``data_root``, else None. An absolute
+    file_name, one that climbs out with ../, or a link inside the dataset that points out would bring a
+    file from elsewhere into training, the plots and the report page that people send around."""
+    real = Path(os.path.realpath(path))
+    return None if real.is_relative_to(Path(os.path.realpath(data_root))) else real
+
+
+def _image_problem(path: Path, shown: str, image: dict, ann: str, opened: str) -> Problem | None:
+    """What is wrong with one image file: empty, undecodable, over the pixel limit, or of another size
+    than the annotation file says (compared as the loader decodes it: after its EXIF orientation)."""
+    from PIL import Image
+
+    fix = f"replace the file or remove its entry from {ann}"
+    try:
+        if path.stat().st_size == 0:
+            return Problem(ERROR, "unreadable-image", ann, f"image {shown} is empty (0 bytes); {fix}")
+    except OSError as error:
+        return Problem(ERROR, "unreadable-image", ann, f"image {shown} cannot be read ({error.strerror}); {fix}")
+    expected = (image.get("width"), image.get("height"))
+    limit = pixel_limit()
+    too_large = (f"image {shown} is over the decoder's limit of {limit} pixels (a decompression bomb, or a "
+                 f"photo far larger than training needs); downscale it and its boxes, or remove its entry "
+                 f"from {ann}")
+    if opened == NOT_OPENED:
+        if all(map(_is_number, expected)) and expected[0] * expected[1] > limit:
+            return Problem(ERROR, "too-large-image", ann, too_large)
+        return None
+    try:
+        stored, orientation = _open_image(path, verify=opened == VERIFIED)
+    except Image.DecompressionBombError:
+        return Problem(ERROR, "too-large-image", ann, too_large)
+    except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files
+        return Problem(ERROR, "unreadable-image", ann, f"image {shown} cannot be read "
+                                                      f"({type(error).__name__}: {error}); {fix}")
+    if stored[0] * stored[1] > limit:
+        return Problem(ERROR, "too-large-image", ann, too_large)
+    decoded = (stored[1], stored[0]) if orientation in _TURNED else stored
+    if expected == decoded:
+        return None
+    if expected == stored:
+        return Problem(ERROR, "exif-orientation", ann,
+                       f"image {shown} is stored {stored[0]}x{stored[1]} with EXIF orientation {orientation}, "
+                       f"which the loader applies ({decoded[0]}x{decoded[1]}), but {ann} gives it as "
+                       f"{stored[0]}x{stored[1]}: its boxes are in the stored orientation and would land beside "
+                       f"the objects; remove the orientation tag (exiftool -Orientation= -n FILE) or annotate "
+                       f"the image as it is displayed")
+    return Problem(WARNING, "size-mismatch", ann,
+                   f"image {shown} is {decoded[0]}x{decoded[1]} as the loader decodes it but {ann} says "
+                   f"{expected[0]}x{expected[1]}; boxes may be off, export again")
 
 
 def _check_split(layout: FolderLayout, split: str, data: dict, location: ImageLocation, report: DatasetReport,
-                 split_report: SplitReport, open_images: bool, progress: bool, output: TextIO) -> None:
+                 split_report: SplitReport, opened: str, progress: bool, output: TextIO) -> None:
     files = layout.splits[split]
     ann = files.ann_file
     unresolved = set(location.unresolved)  # reported once, grouped (check_dataset)
@@ -94,25 +185,27 @@ def _check_split(layout: FolderLayout, split: str, data: dict, location: ImageLo
             problems.append(Problem(ERROR, "malformed-image-entry", ann,
                                     f"images[{index - 1}] has no 'id' or 'file_name'; fix or remove the entry"))
             continue
+        if image["id"] in images:
+            problems.append(Problem(ERROR, "duplicate-image-id", ann,
+                                    f"images {images[image['id']]['file_name']} and {image['file_name']} share the "
+                                    f"id {image['id']!r}: the loader would give one of them the boxes of both and "
+                                    f"drop the other; give each image its own id (export again)"))
+            continue
         images[image["id"]] = image
         if image["file_name"] in unresolved:
             continue
         found = location.renamed.get(image["file_name"], image["file_name"])
-        path = layout.data_root / location.folder / found
-        shown = f"{location.folder}{found}"
-        if open_images:
-            try:
-                actual = _open_image(path)
-            except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files
-                problems.append(Problem(ERROR, "unreadable-image", ann,
-                                        f"image {shown} cannot be read ({type(error).__name__}: {error}); "
-                                        f"replace the file or remove its entry from {ann}"))
-                continue
-            expected = (image.get("width"), image.get("height"))
-            if actual != expected:
-                problems.append(Problem(WARNING, "size-mismatch", ann,
-                                        f"image {shown} is {actual[0]}x{actual[1]} but {ann} says "
-                                        f"{expected[0]}x{expected[1]}; boxes may be off, export again"))
+        outside = resolves_outside(layout.data_root, layout.data_root / location.folder / found)
+        if outside is not None:
+            problems.append(Problem(ERROR, "image-outside-dataset", ann,
+                                    f"image entry {image['file_name']!r} resolves to {outside}, outside the dataset "
+                                    f"{layout.data_root}; copy the image into the dataset and name it by its path "
+                                    f"there"))
+            continue
+        problem = _image_problem(layout.data_root / location.folder / found, f"{location.folder}{found}", image,
+                                 ann, opened)
+        if problem is not None:
+            problems.append(problem)
     if reporter:
         reporter.finish()
     split_report.images = len(images)
@@ -160,13 +253,23 @@ def _check_split(layout: FolderLayout, split: str, data: dict, location: ImageLo
     if empty:
         examples = ", ".join(empty[:_EXAMPLES_IN_WARNING]) + (", ..." if len(empty) > _EXAMPLES_IN_WARNING else "")
         problems.append(Problem(WARNING, "images-without-boxes", ann,
-                                f"{len(empty)} of {len(images)} images have no boxes ({examples}); fine for "
-                                f"background images, otherwise annotate them"))
+                                f"{len(empty)} of {len(images)} images have no boxes ({examples}): trained on as "
+                                f"background images; annotate them if they should have boxes"))
+    id_problems = annotation_id_problems(data["annotations"])
+    if id_problems:
+        report.notes.append(f"{ann}: the run reads a copy whose annotation ids are renumbered from 1 "
+                            f"({'; '.join(id_problems)})")
+    without_area = boxes_without_area(data["annotations"])
+    if without_area:
+        report.notes.append(f"{ann}: {without_area} boxes have no 'area'; the run reads a copy that gives each "
+                            f"box its width x height")
 
 
-def check_dataset(path: str | Path, *, open_images: bool = True, progress: bool = False,
+def check_dataset(path: str | Path, *, open_images: bool | str = True, progress: bool = False,
                   output: TextIO | None = None) -> DatasetReport:
-    """Check the dataset at ``path``; DataError only if no layout is recognised at all."""
+    """Check the dataset at ``path``; DataError only if no layout is recognised at all.
+    ``open_images``: True (VERIFIED), HEADER, or False (NOT_OPENED)."""
+    opened = VERIFIED if open_images is True else NOT_OPENED if open_images is False else open_images
     output = output if output is not None else sys.stdout
     layout = find_layout(path)
     report = DatasetReport(layout.data_root, layout.kind)
@@ -192,8 +295,9 @@ def check_dataset(path: str | Path, *, open_images: bool = True, progress: bool 
         if location.unresolved:
             report.problems.append(Problem(ERROR, "missing-image", split_report.ann_file,
                                            location.missing_message(split_report.ann_file, name_the_file=False)))
-        _check_split(layout, split, loaded[split], location, report, split_report, open_images, progress, output)
+        _check_split(layout, split, loaded[split], location, report, split_report, opened, progress, output)
 
+    report.annotations, report.image_locations = loaded, locations
     if not loaded:
         return report
     first_split, first = next(iter(loaded.items()))
@@ -241,7 +345,8 @@ def _table(rows: list[list[str]], right_aligned_from: int) -> list[str]:
 
 def render_report(report: DatasetReport, max_per_group: int = 10) -> str:
     """The report as plain text: split table, class table, problems, verdict."""
-    lines = [f"dataset {report.data_root} ({LAYOUT_NAMES.get(report.kind, report.kind)})", *report.notes, ""]
+    lines = [f"dataset {report.data_root} ({layout_name(report.kind, [s.split for s in report.splits])})",
+             *report.notes, ""]
     rows = [["split", "annotation file", "images", "boxes"]]
     rows += [[s.split, s.ann_file, str(s.images), str(s.boxes)] for s in report.splits]
     lines += _table(rows, right_aligned_from=2)
@@ -250,7 +355,7 @@ def render_report(report: DatasetReport, max_per_group: int = 10) -> str:
         rows = [["class"] + [s.split for s in report.splits] + ["total"]]
         for name in report.classes:
             counts = [s.boxes_per_class[name] for s in report.splits]
-            rows.append([name] + [str(count) for count in counts] + [str(sum(counts))])
+            rows.append([terminal.shown(name)] + [str(count) for count in counts] + [str(sum(counts))])  # aligned
         lines += _table(rows, right_aligned_from=1)
     if report.root_categories:
         lines.append(f"(not a class: {', '.join(report.root_categories)}: the export's root category, "
@@ -272,3 +377,16 @@ def render_report(report: DatasetReport, max_per_group: int = 10) -> str:
             lines.append(f"  {file}: ... and {count} more {kind} problems like those above")
     lines += ["", f"{len(report.errors)} errors, {len(report.warnings)} warnings"]
     return "\n".join(lines)
+
+
+def resolve_checked_dataset(path: str | Path) -> tuple[DatasetLayout, dict[str, dict]]:
+    """``--data DIR``: the dataset, refused in one line where ``pisa-data check`` finds an error (the same
+    rules, with each image's header read rather than its whole file), and its annotation files per split,
+    each read once."""
+    report = check_dataset(path, open_images=HEADER)
+    layout = resolve_dataset(path, report.annotations)  # its own lines for what it refuses itself
+    if report.errors:
+        first = report.errors[0]
+        more = f" (and {len(report.errors) - 1} more errors)" if len(report.errors) > 1 else ""
+        raise DataError(f"{first.file}: {first.message}{more}; `pisa-data check {path}` lists every problem")
+    return layout, report.annotations

@@ -12,6 +12,7 @@ changes no match and no box.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,29 @@ def with_usable_annotation_ids(data: dict) -> dict:
     return renumber_annotation_ids(data)
 
 
+def _has_area(annotation: dict) -> bool:
+    area = annotation.get("area")
+    return isinstance(area, (int, float)) and not isinstance(area, bool) and math.isfinite(area)
+
+
+def boxes_without_area(annotations: list) -> int:
+    """How many annotations lack a numeric ``area``, which COCO evaluation reads (KeyError: 'area')."""
+    return sum(isinstance(annotation, dict) and not _has_area(annotation) for annotation in annotations)
+
+
+def with_areas(data: dict) -> dict:
+    """``data`` with each annotation that has no numeric ``area`` given its box's width x height (what
+    the COCO evaluation compares with its area ranges; a segmentation's own area is not computed)."""
+    annotations = []
+    for annotation in data["annotations"]:
+        if isinstance(annotation, dict) and not _has_area(annotation):
+            box = annotation.get("bbox")
+            if isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box):
+                annotation = {**annotation, "area": float(box[2]) * float(box[3])}
+        annotations.append(annotation)
+    return {**data, "annotations": annotations}
+
+
 @dataclass(frozen=True)
 class AnnotationFileSummary:
     """What recognising a dataset needs of one annotation file, read once."""
@@ -186,6 +210,14 @@ class AnnotationFileSummary:
     # None for a file above the full-parse limit: its annotations are not read.
     boxes_per_category: Counter | None
     id_problems: tuple[str, ...] | None  # annotation_id_problems; None: not checked
+    without_area: int = 0  # boxes_without_area
+
+
+def summarise_annotations(data: dict) -> AnnotationFileSummary:
+    """The summary of an annotation file already parsed (``load_annotation_file``)."""
+    return AnnotationFileSummary(data["categories"], image_file_names(data["images"]), boxes_per_category(data),
+                                 tuple(annotation_id_problems(data["annotations"])),
+                                 boxes_without_area(data["annotations"]))
 
 
 def summarise_annotation_file(path: str | Path) -> AnnotationFileSummary:
@@ -194,17 +226,19 @@ def summarise_annotation_file(path: str | Path) -> AnnotationFileSummary:
     path = Path(path)
     if path.stat().st_size > _FULL_PARSE_LIMIT_BYTES:
         return AnnotationFileSummary(read_categories(path), read_image_file_names(path), None, None)
-    data = load_annotation_file(path)
-    return AnnotationFileSummary(data["categories"], image_file_names(data["images"]), boxes_per_category(data),
-                                 tuple(annotation_id_problems(data["annotations"])))
+    return summarise_annotations(load_annotation_file(path))
 
 
 def write_corrected_copy(source: Path, target: Path, renamed_images: dict | None = None,
-                         renumber_ids: bool = False) -> None:
+                         renumber_ids: bool = False, data: dict | None = None) -> None:
     """A copy of the annotation file ``source`` at ``target``: each image ``file_name`` that
-    ``renamed_images`` maps replaced by the path it maps to (data/image_lookup.py found it there) and,
-    with ``renumber_ids``, the annotations numbered 1..N in file order; everything else as it is."""
-    data = load_annotation_file(source)
+    ``renamed_images`` maps replaced by the path it maps to (data/image_lookup.py found it there),
+    each box without an ``area`` given one and, with ``renumber_ids``, the annotations numbered 1..N
+    in file order; everything else as it is. ``data``: the file, if already parsed (not changed)."""
+    data = data if data is not None else load_annotation_file(source)
+    # The images are changed below: copies of them, so that ``data`` stays as it was.
+    data = with_areas({**data, "images": [dict(image) if isinstance(image, dict) else image
+                                          for image in data["images"]]})
     for image in data["images"]:
         if isinstance(image, dict) and image.get("file_name") in (renamed_images or {}):
             image["file_name"] = renamed_images[image["file_name"]]

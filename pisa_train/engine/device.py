@@ -12,6 +12,7 @@ import importlib.util
 import os
 from typing import NamedTuple
 
+from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
 from pisa_train.errors import EnvironmentProblem, UsageError
 
 OPS_BACKENDS = ("auto", "mmcv", "torchvision")  # --ops-backend: kernels for RoIAlign and NMS
@@ -45,7 +46,6 @@ MMCV_LITE = ("mmcv-lite, without compiled ops: RoIAlign, NMS and nms_match run o
 
 def mmcv_kernels() -> MmcvKernels:
     """What mmcv's compiled ops (``mmcv._ext``) can run on: nothing with mmcv-lite."""
-    from pisa_train.engine.patches.mmcv_ext_from_torchvision import mmcv_ext_is_compiled
 
     if not mmcv_ext_is_compiled():
         return MmcvKernels(frozenset(), MMCV_LITE)

@@ -16,7 +16,19 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pisa_train.errors import EnvironmentProblem
+from pisa_train.data.presence import GET_DATA_HINT, dataset_paths
+from pisa_train.engine.device import MMCV_LITE, choose_ops_backend, mmcv_kernels
+from pisa_train.errors import CheckpointError, EnvironmentProblem, UsageError
+from pisa_train.fetch.weights import (
+    WEIGHTS_SHA256_ENV,
+    cached_checkpoint_path,
+    cached_file_problem,
+    check_mirrors,
+    config_checkpoints,
+    expected_sha256,
+    is_remote,
+    weights_name,
+)
 
 
 @dataclass
@@ -40,8 +52,6 @@ def _version(module_name: str) -> str:
 
 def environment_findings() -> list[Finding]:
     import torch
-
-    from pisa_train.engine.device import MMCV_LITE, choose_ops_backend, mmcv_kernels
 
     findings = [Finding("python", f"{platform.python_version()} ({platform.platform()})"),
                 Finding("torch", f"{torch.__version__}, built with "
@@ -82,15 +92,17 @@ def free_disk_finding(work_dir: str) -> Finding:
 
 def weights_findings(cfg, environ=os.environ) -> list[Finding]:
     """Each checkpoint the config starts from: a local file that exists, or a download that is in the
-    torch hub cache and matches the SHA-256 prefix in its name, checked as the downloader checks it."""
-    from pisa_train.errors import CheckpointError
-    from pisa_train.fetch.weights import (cached_checkpoint_path, cached_file_problem, config_checkpoints,
-                                          is_remote, sha256_prefix, weights_name)
+    torch hub cache and matches its pin, the record of its first download or the SHA-256 prefix in its
+    name, checked as the downloader checks it, with what that check is worth; and the weight mirrors."""
 
     references = config_checkpoints(cfg)
     if not references:
         return [Finding("pretrained weights", "none: the config trains from scratch")]
     findings = []
+    try:
+        check_mirrors(environ)
+    except UsageError as error:
+        findings.append(Finding("weight mirrors", environ.get("PISA_TRAIN_WEIGHT_MIRRORS", ""), str(error)))
     for setting, reference in references:
         topic = "checkpoint (load_from)" if setting == "load_from" else "pretrained weights"
         if not is_remote(reference):
@@ -105,16 +117,18 @@ def weights_findings(cfg, environ=os.environ) -> list[Finding]:
         if not place.is_file():
             problem = f"not downloaded yet; a run with network downloads it, or {fetch} (needed offline)"
         else:
-            problem = cached_file_problem(place)
+            problem = cached_file_problem(place, environ)
             problem = problem and f"it is not the file its name promises ({problem}); delete it and {fetch}"
-        verified = ", SHA-256 verified" if place.is_file() and not problem and sha256_prefix(place.name) else ""
+        # What each check is worth: a full SHA-256 stops a forged file, the 8 hex digits of a name only corruption.
+        expected = expected_sha256(place, environ) if place.is_file() and not problem else None
+        verified = "" if expected is None else f", full SHA-256 {expected.check}" if expected.full else \
+            (f", SHA-256 starts with the {expected.digest} in its name (catches corruption, not a forged file: "
+             f"pin it with {WEIGHTS_SHA256_ENV})")
         findings.append(Finding(topic, f"{reference} -> {place}{verified}", problem))
     return findings
 
 
 def dataset_findings(cfg) -> list[Finding]:
-    from pisa_train.data.presence import GET_DATA_HINT, dataset_paths
-
     if cfg.get("synthetic_dataset"):
         return [Finding("dataset", f"synthetic, generated into {cfg.get('data_root')} on first use")]
     paths = dataset_paths(cfg)

@@ -9,13 +9,29 @@ checkpoint through the same weights-only loader and the same fit check.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import os.path as osp
-from typing import Callable
+import re
+import warnings
+from collections.abc import Callable
 
 from pisa_train.data.presence import check_dataset_present, dataset_classes, innermost_dataset
 from pisa_train.data.synthetic_shapes import ensure_synthetic_dataset
-from pisa_train.errors import CheckpointError
+from pisa_train.engine.checkpoint_files import load_checkpoint_file, trust_checkpoints
+from pisa_train.engine.patches.amp_on_cpu import allow_amp_optim_wrapper_on_cpu
+from pisa_train.engine.patches.batched_nms_dtypes import fix_batched_nms_dtype_clash
+from pisa_train.engine.patches.checkpoint_downloads import register_remote_checkpoint_loaders
+from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading
+from pisa_train.engine.patches.dataloader_worker_signals import keep_dataloader_workers_through_stop_signals
+from pisa_train.engine.patches.mmcv_ops_in_float32 import run_mmcv_ops_in_float32_under_autocast
+from pisa_train.engine.patches.skip_nonfinite_updates import skip_nonfinite_updates
+from pisa_train.engine.patches.torchvision_nms import install_ops_backend
+from pisa_train.engine.resume import resolve_auto_resume
+from pisa_train.engine.trackers import allow_mlflow_file_store
+from pisa_train.engine.work_dir_lock import one_run_in_work_dir
+from pisa_train.errors import CheckpointNotFoundError
+from pisa_train.fetch.weights import config_checkpoints, fetch_checkpoint, is_remote
 
 Say = Callable[[str], None]
 
@@ -113,25 +129,34 @@ def describe_precision(cfg, testing: bool = False) -> str:
             f"(AmpOptimWrapper, {scaling}); mmcv's RoIAlign and NMS kernels in float32")
 
 
+def nonfinite_loss_action(cfg) -> str:
+    """What a NaN or Inf loss does in this run: 'stop' or 'skip' (NonFiniteLossHook's action, which
+    config/rewrites.py's add_training_safeguards sets from ``nonfinite_loss``)."""
+    hook = next((hook for hook in cfg.get("custom_hooks") or [] if hook.get("type") == "NonFiniteLossHook"), None)
+    return hook.get("action", "stop") if hook is not None else "stop"
+
+
 def install_into_mmengine(cfg, trusted_checkpoints=(), say: Say = print) -> None:
-    """pisa-train's hooks registered and its patches applied (engine/hooks/, engine/patches/), for ``cfg``."""
+    """pisa-train's hooks registered and its patches applied (engine/hooks/, engine/patches/), for ``cfg``.
+    Every patch that holds for a run is applied here, side by side, and nowhere else. Two exceptions, each for
+    a reason of time: mmcv_ext_from_torchvision.py, which pisa_train/__init__.py installs (mmdet imports
+    mmcv.ops long before a run), and the two export patches, which engine/onnx_export.py applies for the length
+    of one trace only. The patches do not import each other (pyproject.toml's contracts)."""
     from pisa_train.engine.hooks import register_hooks
-    from pisa_train.engine.patches.amp_on_cpu import allow_amp_optim_wrapper_on_cpu
-    from pisa_train.engine.patches.batched_nms_dtypes import fix_batched_nms_dtype_clash
-    from pisa_train.engine.patches.checkpoint_loading import guard_checkpoint_loading
-    from pisa_train.engine.patches.dataloader_worker_signals import keep_dataloader_workers_through_stop_signals
     from pisa_train.engine.patches.distributed_on_cpu import init_process_group_on_cpu, register_cpu_model_wrapper
-    from pisa_train.engine.patches.mmcv_ops_in_float32 import run_mmcv_ops_in_float32_under_autocast
-    from pisa_train.engine.patches.torchvision_nms import install_ops_backend
 
     register_hooks()
+    allow_mlflow_file_store(cfg)  # --vis-backend mlflow's store in the work dir (engine/trackers.py)
     register_cpu_model_wrapper()
-    guard_checkpoint_loading(trusted_checkpoints, say)
+    guard_checkpoint_loading(trusted_checkpoints, say)  # local files, then downloads: both weights-only
+    register_remote_checkpoint_loaders()
     install_ops_backend(cfg)  # NMS on torchvision's kernels when the config says so
     # Mixed precision (--amp); all three leave float32 runs as they were.
     allow_amp_optim_wrapper_on_cpu()
     run_mmcv_ops_in_float32_under_autocast()
     fix_batched_nms_dtype_clash()
+    # nonfinite_loss='skip'; taken back for a run that stops instead (a second run in this process).
+    skip_nonfinite_updates(nonfinite_loss_action(cfg) == "skip")
     init_process_group_on_cpu(cfg)  # before the Runner: mmengine 0.10.7's own init needs a GPU
     # Before the Runner too: an iteration-based train loop forks its dataloader workers when it is built.
     keep_dataloader_workers_through_stop_signals()
@@ -153,7 +178,6 @@ def fetch_checkpoints(cfg, only_load_from: bool = False) -> None:
     datasets are set up; the loaders (engine/patches/checkpoint_downloads.py) then find them cached.
     One process downloads; in a distributed run the others wait for it in the loader. Testing
     initialises no weights from init_cfg, so it needs only ``load_from``."""
-    from pisa_train.fetch.weights import config_checkpoints, fetch_checkpoint, is_remote
 
     if launched_rank(cfg) != 0:
         return
@@ -165,22 +189,53 @@ def fetch_checkpoints(cfg, only_load_from: bool = False) -> None:
 def resolve_resume(cfg, trusted_checkpoints=(), say: Say = print):
     """For a bare --resume, ``load_from`` set to the checkpoint the run continues from (engine/resume.py),
     as the run hands it to MMEngine and --print-config shows it."""
-    from pisa_train.engine.patches.checkpoint_loading import trust_checkpoints
-    from pisa_train.engine.resume import resolve_auto_resume
 
     trust_checkpoints(trusted_checkpoints)  # before resolve_auto_resume loads any of them
     return resolve_auto_resume(cfg, say)
 
 
-def run_training(cfg, trusted_checkpoints=(), say: Say = print) -> None:
-    cfg = resolve_resume(cfg, trusted_checkpoints, say)
-    fetch_checkpoints(cfg)
-    runner = build_runner(cfg, trusted_checkpoints, say)
-    try:
-        runner.train()
-    finally:
-        restore_hooks(runner)
-    leave_process_group()
+def run_training(cfg, trusted_checkpoints=(), say: Say = print, on_start=None) -> dict:
+    """Train; ``on_start`` (engine/hooks/run_record.py) hears where the run starts, once its checkpoint is
+    loaded. Returns ``training_outcome``: the best checkpoint and an early stop, for run.json."""
+    # One run per work dir (engine/work_dir_lock.py), from before --resume picks a checkpoint; rank 0
+    # takes it for the whole distributed run, whose processes share the work dir on purpose.
+    with one_run_in_work_dir(cfg.work_dir) if launched_rank(cfg) == 0 else contextlib.nullcontext():
+        cfg = resolve_resume(cfg, trusted_checkpoints, say)
+        fetch_checkpoints(cfg)
+        runner = build_runner(cfg, trusted_checkpoints, say)
+        if on_start is not None:
+            from pisa_train.engine.hooks.run_record import RunRecordHook
+
+            runner.register_hook(RunRecordHook(on_start, cfg.get("load_from") if cfg.get("resume") else None))
+        try:
+            runner.train()
+        finally:
+            restore_hooks(runner)
+        leave_process_group()
+    return training_outcome(runner)
+
+
+def training_outcome(runner) -> dict:
+    """What run.json records of a finished run beyond its description: the best checkpoint kept by
+    save_best (its file name, epoch or iteration, and score) and the early stop, if any."""
+    from pisa_train.engine.hooks.early_stopping import STOPPED_EARLY
+    from pisa_train.engine.hooks.run_record import BEST_SAVED_AT
+
+    info = runner.message_hub.runtime_info
+    outcome: dict = {"stopped_early": info.get(STOPPED_EARLY), "best_checkpoint": None}
+    best = info.get("best_ckpt")
+    if best:
+        saved_at = info.get(BEST_SAVED_AT) or {}
+        if saved_at.get("file") != best:  # saved before a resume: its file name says when
+            when = re.search(r"_(epoch|iter)_(\d+)\.pth$", osp.basename(best))
+            saved_at = {when.group(1): int(when.group(2))} if when else {}
+        saver = next((hook for hook in runner.hooks if getattr(hook, "key_indicators", None)), None)
+        score = info.get("best_score")
+        outcome["best_checkpoint"] = {"file": osp.basename(best), "path": best,
+                                      "metric": saver.key_indicators[0] if saver else None,
+                                      "score": float(score) if score is not None else None,
+                                      "epoch": saved_at.get("epoch"), "iter": saved_at.get("iter")}
+    return outcome
 
 
 def leave_process_group() -> None:
@@ -224,15 +279,13 @@ def load_detector(cfg, checkpoint: str, device: str, trusted_checkpoints=(), say
 
     from pisa_train.engine.hooks.autocast_testing import autocast_test_steps
     from pisa_train.engine.hooks.checkpoint_compatibility import MODULE_PREFIX, refuse_mismatched_checkpoint
-    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
 
     if not osp.isfile(checkpoint):
-        raise CheckpointError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "
+        raise CheckpointNotFoundError(f"checkpoint {checkpoint} not found; give the path of a .pth file written by "
                               f"pisa-train (work_dirs/<config>/epoch_N.pth or iter_N.pth)")
     install_into_mmengine(cfg, trusted_checkpoints, say)
     cfg = cfg.copy()
     cfg.model.backbone.init_cfg = None  # the checkpoint holds the backbone: no ImageNet download
-    import warnings
 
     with warnings.catch_warnings():  # "checkpoint is None, use COCO classes": the classes are set below
         warnings.filterwarnings("ignore", message="checkpoint is None")

@@ -22,7 +22,7 @@ mmcv; importing ``mmcv.ops`` never fails, since mmcv only checks that the names 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torchvision  # noqa: F401  (registers the torch.ops.torchvision kernels)

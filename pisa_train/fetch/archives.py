@@ -9,14 +9,23 @@ defeats any check of their text: only the disk can say where a path through
 several links ends. Tar archives are extracted only with tarfile's ``data``
 filter (PEP 706), which repeats these checks as each member is written.
 
+Before anything is written, the archive's total uncompressed size is checked
+against a ratio to the archive's own size (``max_expansion``: a zip bomb expands
+thousands of times, a dataset archive little) and against the free space, counted
+as the disk allocates it: each file rounded up to whole blocks, a block per folder
+(5,000 files of 500 bytes take 20 MB of 4 KiB blocks, not 2.5 MB).
+
 The archive is extracted into a temporary folder beside the destination and
-moved into place only when extraction finished, so a refused or corrupt archive
-leaves nothing half-extracted behind; a file of the archive replaces a file of
-the same name (re-extracting after an interruption works), but nothing the
-destination already holds is deleted to make room for the archive's entries.
+moved into place only when extraction finished, so a refused, corrupt or failed
+(disk full) extraction leaves nothing half-extracted behind, and a rerun removes
+the temporary folders of an extraction that was killed (``remove_stale_extractions``).
+A file of the archive replaces a file of the same name (re-extracting after an
+interruption works), but nothing the destination already holds is deleted to make
+room for the archive's entries.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import stat
@@ -28,14 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pisa_train.fetch.http import require_free_space
 from pisa_train.errors import DataError, EnvironmentProblem
-from pisa_train.terminal import ProgressReporter
+from pisa_train.fetch.http import require_free_space, write_failure
+from pisa_train.terminal import ProgressReporter, format_bytes
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 _SHOWN_REFUSALS = 3
 # The Python releases whose tarfile has the data filter (PEP 706), among those pisa-train supports.
 PYTHONS_WITH_TAR_DATA_FILTER = "3.10.12+, 3.11.4+, 3.12 and 3.13"
+# Dataset archives expand little: images are stored as they are, COCO JSON deflates about 10 times.
+# A zip bomb (a deflated run of zeros) expands about 1,000 times per layer.
+DEFAULT_MAX_EXPANSION = 100
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,45 @@ def _hostile(archive_path: Path | str, dest_dir: Path | str, refusals: list[str]
                      f"extracted; get the dataset from a source you trust")
 
 
+def _existing_folder(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def allocated_bytes(entries: list[ArchiveEntry], block_size: int) -> int:
+    """What extracting ``entries`` takes on a disk of ``block_size`` blocks: each file rounded up to whole
+    blocks, and a block for each folder (named or implied by a path), as ext4 and xfs allocate them."""
+    folders = {entry.name.rstrip("/") for entry in entries if entry.kind == "dir"}
+    for entry in entries:
+        parts = _split_parts(entry.name)
+        folders.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
+    files = sum(-(-entry.size // block_size) * block_size for entry in entries if entry.kind == "file")
+    return files + len(folders) * block_size
+
+
+def check_expansion(archive_path: Path, entries: list[ArchiveEntry], max_expansion: float) -> None:
+    """Refuse an archive whose entries expand to more than ``max_expansion`` times its own size."""
+    archive_size = max(archive_path.stat().st_size, 1)
+    total = sum(entry.size for entry in entries)
+    if total > max_expansion * archive_size:
+        raise DataError(f"refusing to extract {archive_path}: its files expand to {format_bytes(total)} ({total} "
+                        f"bytes), {total / archive_size:.0f} times the archive's {archive_size} bytes, and "
+                        f"a dataset archive expands at most {max_expansion:g} times (images are stored as they are): "
+                        f"it looks like a zip bomb; nothing was extracted; if you trust it, raise the limit with "
+                        f"--max-expansion")
+
+
+def remove_stale_extractions(dest_dir: str | Path) -> list[Path]:
+    """The temporary folders that killed extractions into ``dest_dir`` left beside it; call this only
+    while holding ``dest_dir``'s download lock, or it could remove a running extraction's folder."""
+    dest_dir = Path(dest_dir)
+    stale = sorted(dest_dir.parent.glob(f".{dest_dir.name}.extracting-*")) if dest_dir.parent.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
 def _require_tar_data_filter(archive_path: Path) -> None:
     if not hasattr(tarfile, "data_filter"):
         version = ".".join(map(str, sys.version_info[:3]))
@@ -176,7 +227,7 @@ def _require_tar_data_filter(archive_path: Path) -> None:
 
 
 def extract_archive(archive_path: str | Path, dest_dir: str | Path, *, progress: bool = True,
-                    output: TextIO | None = None) -> list[str]:
+                    max_expansion: float = DEFAULT_MAX_EXPANSION, output: TextIO | None = None) -> list[str]:
     """Extract a zip or tar archive into ``dest_dir``; return its top-level names.
 
     Existing folders in ``dest_dir`` are merged with the archive's, and files of the same
@@ -190,8 +241,10 @@ def extract_archive(archive_path: str | Path, dest_dir: str | Path, *, progress:
     if not is_zip:
         _require_tar_data_filter(archive_path)
     entries = check_archive_is_safe(archive_path, dest_dir)
+    check_expansion(archive_path, entries, max_expansion)
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    require_free_space(dest_dir.parent, sum(entry.size for entry in entries), f"extracting {archive_path.name}")
+    needed = allocated_bytes(entries, os.statvfs(_existing_folder(dest_dir)).f_frsize)
+    require_free_space(dest_dir, needed, f"extracting {archive_path.name}")
 
     staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.extracting-", dir=dest_dir.parent))
     try:
@@ -206,6 +259,9 @@ def extract_archive(archive_path: str | Path, dest_dir: str | Path, *, progress:
             raise _hostile(archive_path, dest_dir, [f"tarfile's data filter: {error}"]) from None
         except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
             raise _corrupt(archive_path, error) from None
+        except OSError as error:  # the disk filled, or the folder is not writable
+            raise write_failure(dest_dir, error, needed,
+                                f"nothing was extracted from {archive_path} (what was written is deleted)") from None
         finally:
             if reporter:
                 reporter.finish()

@@ -5,12 +5,22 @@
 a COCO-format dataset. Both record each extracted archive in
 ``DEST/.pisa-data.json``, so a second run checks that record and the extracted
 folders and returns without downloading anything.
+
+One download per destination: each holds an advisory lock on ``DEST/.pisa-data.lock``
+(files.hold_exclusive_lock), which the kernel releases when the process ends, so a second
+``pisa-data download`` into the same folder is refused at once, naming the first, and a killed
+one never blocks the next. Only under that lock are the leftovers of killed runs removed: the
+temporary files of atomic writes in DEST and the ``.DEST.extracting-*`` folders beside it.
+A downloaded archive that turns out not to be the dataset asked for leaves nothing behind
+that its extraction created.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
+import shutil
 import sys
 import urllib.parse
 from dataclasses import dataclass
@@ -19,11 +29,31 @@ from typing import TextIO
 
 from pisa_train.data.layout import DatasetLayout, resolve_dataset
 from pisa_train.errors import DataError, UsageError
-from pisa_train.fetch.archives import extract_archive
-from pisa_train.fetch.http import download_file, mirrored_url, require_free_space
-from pisa_train.files import write_json_atomically
+from pisa_train.fetch.archives import DEFAULT_MAX_EXPANSION, extract_archive, remove_stale_extractions
+from pisa_train.fetch.http import DEFAULT_MAX_DOWNLOAD_BYTES, download_file, mirrored_url, require_free_space
+from pisa_train.files import hold_exclusive_lock, remove_stale_temp_files, write_json_atomically
+from pisa_train.terminal import write_line
 
 RECORD_FILE = ".pisa-data.json"
+LOCK_FILE = ".pisa-data.lock"
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """What a server or an archive may make pisa-data write (pisa-data download's flags)."""
+
+    max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # a download whose size the server does not say
+    max_expansion: float = DEFAULT_MAX_EXPANSION  # an archive's uncompressed size over its own
+
+
+@contextlib.contextmanager
+def destination_lock(dest: Path, output: TextIO):
+    """Hold ``dest``'s download lock; clear what killed runs left there, now that none can be running."""
+    with hold_exclusive_lock(dest / LOCK_FILE, f"the dataset folder {dest}", "download into another --dest"):
+        leftovers = [path.name for path in remove_stale_extractions(dest)] + remove_stale_temp_files(dest)
+        if leftovers:
+            write_line(f"{dest}: removed what an interrupted run left: {', '.join(leftovers)}", output)
+        yield
 
 
 @dataclass(frozen=True)
@@ -80,39 +110,62 @@ def is_extracted(archive: RemoteArchive, dest: str | Path) -> bool:
     return bool(expected) and all((dest / path).exists() for path in expected)
 
 
+def remove_created(dest: Path, created: list[str]) -> str:
+    """Remove the top-level entries an extraction created in ``dest``; say what, for the error line."""
+    for name in created:
+        target = dest / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+    return f"removed what it extracted ({', '.join(created)})" if created else "nothing of it was kept"
+
+
 def fetch_archive(archive: RemoteArchive, dest: str | Path, *, keep_archive: bool = False, progress: bool = True,
-                  output: TextIO | None = None) -> None:
-    """Download, verify and extract ``archive`` into ``dest`` unless that was done already."""
+                  limits: DownloadLimits = DownloadLimits(), output: TextIO | None = None) -> list[str]:
+    """Download, verify and extract ``archive`` into ``dest`` unless that was done already; return
+    the top-level names the extraction created (that were not in ``dest`` before)."""
     dest = Path(dest)
     output = output if output is not None else sys.stdout
     if is_extracted(archive, dest):
-        print(f"{archive.file_name}: already downloaded and extracted into {dest}", file=output, flush=True)
-        return
+        write_line(f"{archive.file_name}: already downloaded and extracted into {dest}", output)
+        return []
     dest.mkdir(parents=True, exist_ok=True)
     path = download_file(mirrored_url(archive.url) if archive.use_mirror else archive.url, dest / archive.file_name,
                          expected_size=archive.size, md5=archive.md5, sha256=archive.sha256,
-                         progress=progress, output=output)
-    top_level = extract_archive(path, dest, progress=progress, output=output)
+                         progress=progress, max_bytes=limits.max_bytes, output=output)
+    present = {child.name for child in dest.iterdir()}
+    top_level = extract_archive(path, dest, progress=progress, max_expansion=limits.max_expansion, output=output)
+    created = [name for name in top_level if name not in present]
     missing = [name for name in archive.provides if not (dest / name).exists()]
     if missing:
-        raise DataError(f"{path} did not contain {', '.join(missing)}; it is not the expected archive, "
+        removed = remove_created(dest, created)
+        raise DataError(f"{path} did not contain {', '.join(missing)}; it is not the expected archive ({removed}), "
                         f"delete it and run the command again")
     record = _read_record(dest)
     record.setdefault("extracted", {})[archive.file_name] = {"source": _source_id(archive), "top_level": top_level}
     write_json_atomically(dest / RECORD_FILE, record, sort_keys=True)
     if not keep_archive:
         path.unlink()
-    print(f"{archive.file_name}: extracted {', '.join(top_level)} into {dest}", file=output, flush=True)
+    write_line(f"{archive.file_name}: extracted {', '.join(top_level)} into {dest}", output)
+    return created
 
 
 def download_coco2017(dest: str | Path, *, keep_archives: bool = False, progress: bool = True,
-                      output: TextIO | None = None, archives: tuple[RemoteArchive, ...] | None = None
-                      ) -> DatasetLayout:
+                      output: TextIO | None = None, archives: tuple[RemoteArchive, ...] | None = None,
+                      limits: DownloadLimits = DownloadLimits()) -> DatasetLayout:
     """COCO 2017 train/val images and annotations in the layout the configs expect.
 
     ``archives`` replaces the official list (tests serve small stand-ins).
     """
     dest = Path(dest).expanduser()
+    output = output if output is not None else sys.stdout
+    with destination_lock(dest, output):
+        return _download_coco2017(dest, keep_archives, progress, output, archives, limits)
+
+
+def _download_coco2017(dest: Path, keep_archives: bool, progress: bool, output: TextIO,
+                       archives: tuple[RemoteArchive, ...] | None, limits: DownloadLimits) -> DatasetLayout:
     archives = archives if archives is not None else COCO2017_ARCHIVES
     pending = [archive for archive in archives if not is_extracted(archive, dest)]
     # JPEG archives are stored, not compressed: extracting needs about their
@@ -122,7 +175,7 @@ def download_coco2017(dest: str | Path, *, keep_archives: bool = False, progress
     if pending:
         require_free_space(dest, needed, "COCO 2017 (archives and their extracted images)")
     for archive in archives:
-        fetch_archive(archive, dest, keep_archive=keep_archives, progress=progress, output=output)
+        fetch_archive(archive, dest, keep_archive=keep_archives, progress=progress, limits=limits, output=output)
     return resolve_dataset(dest)
 
 
@@ -155,15 +208,18 @@ def archive_for_url(url: str, sha256: str | None = None, md5: str | None = None)
 
 
 def download_dataset_url(url: str, dest: str | Path, *, sha256: str | None = None, md5: str | None = None,
-                         keep_archive: bool = False, progress: bool = True,
-                         output: TextIO | None = None) -> DatasetLayout:
+                         keep_archive: bool = False, progress: bool = True, output: TextIO | None = None,
+                         limits: DownloadLimits = DownloadLimits()) -> DatasetLayout:
     """A Roboflow COCO export or any zip/tar of a COCO-format dataset, extracted into ``dest``."""
     archive = archive_for_url(url, sha256, md5)
     dest = Path(dest).expanduser()
-    fetch_archive(archive, dest, keep_archive=keep_archive, progress=progress, output=output)
-    try:
-        return resolve_dataset(dest)
-    except DataError as error:
-        if is_roboflow_link(url):
-            raise DataError(f"{error} (for Roboflow, choose the 'COCO JSON' export format)") from None
-        raise
+    output = output if output is not None else sys.stdout
+    with destination_lock(dest, output):
+        created = fetch_archive(archive, dest, keep_archive=keep_archive, progress=progress, limits=limits,
+                                output=output)
+        try:
+            return resolve_dataset(dest)
+        except DataError as error:
+            removed = f"; {remove_created(dest, created)}" if created else ""
+            roboflow = " (for Roboflow, choose the 'COCO JSON' export format)" if is_roboflow_link(url) else ""
+            raise DataError(f"{error}{roboflow}{removed}") from None

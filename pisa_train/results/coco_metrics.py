@@ -29,6 +29,8 @@ import numpy as np
 
 from pisa_train.data.coco_annotations import load_annotation_file, with_usable_annotation_ids
 from pisa_train.errors import DataError, EnvironmentProblem
+from pisa_train.results.figure_text import literal_text
+from pisa_train.terminal import shown
 
 BACKENDS = ("pycocotools", "faster-coco-eval")
 # The names people quote in papers, in COCOeval's stats order, with MMDetection's CocoMetric keys.
@@ -135,6 +137,7 @@ def per_class_ap(evaluation) -> dict[str, dict]:
 
 
 def format_per_class_table(table: dict[str, dict]) -> str:
+    table = {shown(name): row for name, row in table.items()}  # escaped before padding: the columns stay aligned
     width = max([len("class"), *map(len, table)])
     lines = ["AP per class", f"{'class'.ljust(width)} |     AP |   AP50 |   AP75",
              f"{'-' * width}-+--------+--------+-------"]
@@ -149,6 +152,7 @@ def file_name_for(name: str) -> str:
     return safe or "class"
 
 
+@literal_text
 def plot_precision_recall_curves(evaluation, out_dir: str | Path) -> list[Path]:
     """One PNG per class: precision against recall at IoU 0.50, 0.75 and averaged over
     0.50:0.95 (all areas, 100 detections per image). Returns the files written."""

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pisa_train.data.coco_annotations import load_annotation_file
-from pisa_train.data.layout import find_layout
+from pisa_train.data.check import NOT_OPENED, DatasetReport, check_dataset, resolves_outside
 from pisa_train.files import write_json_atomically
+from pisa_train.results.evaluation_analysis import draw_images
+from pisa_train.results.figure_text import literal_text
 
 GRID_SIDE = 4  # training images per row and column of the grid
 GRID_CELL = 320  # pixels
@@ -41,20 +42,26 @@ def _split_boxes(data: dict, classes: list[str]) -> tuple[list[tuple[str, float,
     return boxes, per_image
 
 
-def label_statistics(folder: str | Path, classes: list[str]) -> dict:
-    layout = find_layout(folder)
+def _read(folder: str | Path, report: DatasetReport | None) -> DatasetReport:
+    """The dataset as ``pisa-data check`` read it (its annotation files and where their images are)."""
+    return report if report is not None else check_dataset(folder, open_images=NOT_OPENED)
+
+
+def label_statistics(folder: str | Path, classes: list[str], report: DatasetReport | None = None) -> dict:
+    report = _read(folder, report)
     statistics = {"classes": list(classes), "splits": {}}
-    for split, files in layout.splits.items():
-        boxes, per_image = _split_boxes(load_annotation_file(layout.data_root / files.ann_file), classes)
+    for split_report in report.splits:
+        boxes, per_image = _split_boxes(report.annotations[split_report.split], classes)
         counts = Counter(name for name, _, _ in boxes)
-        statistics["splits"][split] = {
-            "ann_file": files.ann_file, "images": len(per_image), "boxes": len(boxes),
+        statistics["splits"][split_report.split] = {
+            "ann_file": split_report.ann_file, "images": len(per_image), "boxes": len(boxes),
             "boxes_per_class": {name: counts.get(name, 0) for name in classes},
             "boxes_per_image": sorted(per_image.values()),
             "relative_sizes": [[round(w, 4), round(h, 4)] for _, w, h in boxes]}
     return statistics
 
 
+@literal_text
 def plot_label_statistics(statistics: dict, path: str | Path) -> Path:
     import matplotlib
 
@@ -98,21 +105,29 @@ def plot_label_statistics(statistics: dict, path: str | Path) -> Path:
 
 
 def draw_training_images(folder: str | Path, classes: list[str], path: str | Path,
-                         count: int = GRID_SIDE * GRID_SIDE) -> Path | None:
-    """A grid of the first ``count`` training images with their boxes; None without a train split."""
+                         count: int = GRID_SIDE * GRID_SIDE, report: DatasetReport | None = None) -> Path | None:
+    """A grid of the first ``count`` training images with their boxes; None without a train split.
+    Each image is read where check and training find it (data/image_lookup.py), not at its raw file_name."""
     from PIL import Image
 
-    from pisa_train.results.evaluation_analysis import draw_images
-
-    layout = find_layout(folder)
-    files = layout.splits.get("train")
-    if files is None:
+    report = _read(folder, report)
+    data, location = report.annotations.get("train"), report.image_locations.get("train")
+    if data is None or location is None:
         return None
-    data = load_annotation_file(layout.data_root / files.ann_file)
-    entries = [{"image_id": image["id"], "file_name": image["file_name"]} for image in data["images"][:count]]
+    folder = report.data_root / location.folder
+    entries = []
+    for image in data["images"]:
+        if len(entries) == count:
+            break
+        if not isinstance(image, dict) or image.get("file_name") in location.unresolved:
+            continue
+        found = location.renamed.get(image["file_name"], image["file_name"])
+        # Only images inside the dataset: check calls the others an error, and the grid is shared.
+        if resolves_outside(report.data_root, folder / found) is None:
+            entries.append({"image_id": image["id"], "file_name": found})
     scratch = Path(path).parent / ".train_images"
     drawn = [scratch.parent / relative for relative in draw_images(
-        entries, data, None, classes, layout.data_root / files.img_prefix, scratch, score_thr=1.0) if relative]
+        entries, data, None, classes, folder, scratch, score_thr=1.0) if relative]
     side = math.ceil(math.sqrt(len(drawn))) or 1
     grid = Image.new("RGB", (side * GRID_CELL, math.ceil(len(drawn) / side) * GRID_CELL or GRID_CELL), "white")
     for index, image_path in enumerate(drawn):
@@ -127,12 +142,14 @@ def draw_training_images(folder: str | Path, classes: list[str], path: str | Pat
     return path
 
 
-def plot_dataset(folder: str | Path, classes: list[str], out_dir: str | Path | None = None) -> list[Path]:
+def plot_dataset(folder: str | Path, classes: list[str], out_dir: str | Path | None = None,
+                 report: DatasetReport | None = None) -> list[Path]:
     """Everything ``pisa-data check --plots`` writes into ``out_dir`` (default: check_plots/<folder name>
     in the current directory, where runs also go; the dataset's own folder may be read-only); the files written."""
     out_dir = Path(out_dir) if out_dir else Path("check_plots") / Path(folder).resolve().name
-    statistics = label_statistics(folder, classes)
+    report = _read(folder, report)
+    statistics = label_statistics(folder, classes, report)
     write_json_atomically(out_dir / "label_statistics.json", statistics)
     written = [out_dir / "label_statistics.json", plot_label_statistics(statistics, out_dir / "labels.png")]
-    grid = draw_training_images(folder, classes, out_dir / "train_images.jpg")
+    grid = draw_training_images(folder, classes, out_dir / "train_images.jpg", report=report)
     return written + ([grid] if grid else [])

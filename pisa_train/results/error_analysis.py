@@ -38,6 +38,7 @@ import numpy as np
 
 from pisa_train.data.coco_annotations import load_annotation_file, with_usable_annotation_ids
 from pisa_train.errors import DataError
+from pisa_train.results.figure_text import literal_text
 
 IOU_MATCH = 0.5
 BACKGROUND = "background"
@@ -140,6 +141,7 @@ def confusion_matrix(ground_truth, detections, classes, score_thr: float) -> Con
     return ConfusionMatrix(tuple(classes), counts, score_thr)
 
 
+@literal_text
 def plot_confusion_matrix(matrix: ConfusionMatrix, path: str | Path, normalised: bool) -> Path:
     import matplotlib
 
@@ -249,6 +251,7 @@ def error_breakdown(ground_truth, detections, classes) -> dict:
             "recall": recall.tolist(), "precision": curves}
 
 
+@literal_text
 def plot_error_breakdown(breakdown: dict, path: str | Path) -> Path:
     """COCO's analyze() figure: the area under each level's precision-recall curve, labelled with its AP."""
     import matplotlib

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pisa_train.results.figure_text import literal_text
+
 VISUALIZER_NAME = "pisa-train predictions"
 
 
@@ -21,6 +23,7 @@ def prediction_visualizer(classes):
     return visualizer
 
 
+@literal_text
 def draw_predictions(visualizer, image_path: str | Path, data_sample, out_path: str | Path,
                      score_thr: float, with_ground_truth: bool = False, with_predictions: bool = True) -> None:
     """``image_path`` with the predictions of ``data_sample`` scoring at least ``score_thr``

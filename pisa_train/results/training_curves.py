@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pisa_train.errors import DataError
+
 PLOT_FILE = "training_curves.png"
 FIGURE_SIZE_INCHES, FIGURE_DPI = (15, 4.5), 100  # 1500 x 450 px, fixed: no tight bounding box
 
@@ -48,8 +50,6 @@ def plot_training_curves(work_dir: str | Path, out_file: str | Path | None = Non
     ``<work_dir>/training_curves.png``); a DataError if the work dir has no logged iterations."""
     training, validation = read_scalars(work_dir)
     if not training:
-        from pisa_train.errors import DataError
-
         raise DataError(f"{work_dir} holds no training logs (no */vis_data/scalars.json with loss values); "
                         f"give the work dir of a pisa-train run that logged at least one iteration "
                         f"(default_hooks.logger.interval sets how often it logs)")
@@ -95,7 +95,6 @@ def plot_training_curves(work_dir: str | Path, out_file: str | Path | None = Non
 
 def draw_curves_of_run(work_dir: str | Path) -> str:
     """Draw the curves at the end of a run; the line that says where they are, or why there are none."""
-    from pisa_train.errors import DataError
 
     try:
         return f"training curves: {plot_training_curves(work_dir)} (redraw them with pisa-plot {work_dir})"

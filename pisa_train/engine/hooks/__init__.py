@@ -11,6 +11,7 @@ A config names them by type, as config/rewrites.py adds them:
   class-specific layers of a checkpoint for other classes start fresh; other differences are refused.
 * ``NonFiniteLossHook``, ``StopOnSignalHook`` (training_guards.py): a NaN/Inf loss stops
   the run (or skips the step); SIGTERM/SIGINT save a checkpoint and stop.
+* ``PatienceHook`` (early_stopping.py): ``--patience``, mmengine's EarlyStoppingHook saying why it stopped.
 * ``PerRankLossHook`` (per_rank_losses.py): every process's loss in a distributed run.
 * ``ProgressBarHook`` (progress_bar.py): the progress bar on a terminal.
 
@@ -19,19 +20,20 @@ to); engine/runner.py calls it before building a Runner.
 """
 from __future__ import annotations
 
+from mmengine.registry import HOOKS
+
 from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
 from pisa_train.engine.hooks.autocast_testing import AutocastTestHook
 from pisa_train.engine.hooks.checkpoint_compatibility import CheckpointMatchesModelHook, FineTuneCheckpointHook
+from pisa_train.engine.hooks.early_stopping import PatienceHook
 from pisa_train.engine.hooks.per_rank_losses import PerRankLossHook
 from pisa_train.engine.hooks.progress_bar import ProgressBarHook
 from pisa_train.engine.hooks.training_guards import NonFiniteLossHook, StopOnSignalHook
 
 PISA_TRAIN_HOOKS = (AtomicCheckpointHook, CheckpointMatchesModelHook, FineTuneCheckpointHook, NonFiniteLossHook,
-                    StopOnSignalHook, PerRankLossHook, ProgressBarHook, AutocastTestHook)
+                    StopOnSignalHook, PerRankLossHook, ProgressBarHook, AutocastTestHook, PatienceHook)
 
 
 def register_hooks() -> None:
-    from mmengine.registry import HOOKS
-
     for hook in PISA_TRAIN_HOOKS:
         HOOKS.register_module(module=hook, force=True)

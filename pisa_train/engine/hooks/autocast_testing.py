@@ -12,13 +12,15 @@ numpy arrays, and numpy has no bfloat16.
 """
 from __future__ import annotations
 
+import torch
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.runner.amp import autocast
+from mmengine.structures import BaseDataElement
 
 
 def _floating_fields_in_float32(element) -> None:
     """Every floating tensor of an mmengine data element (and of the elements it holds) in float32."""
-    import torch
-    from mmengine.structures import BaseDataElement
 
     if not isinstance(element, BaseDataElement):
         return
@@ -31,9 +33,6 @@ def _floating_fields_in_float32(element) -> None:
 
 def autocast_test_steps(model, dtype: str) -> None:
     """Make ``model.test_step`` (the wrapped module's, for a model wrapper) run under autocast in ``dtype``."""
-    import torch
-    from mmengine.model import is_model_wrapper
-    from mmengine.runner.amp import autocast
 
     module = model.module if is_model_wrapper(model) else model
     if getattr(module.test_step, "_pisa_train_autocast", None) == dtype:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 
 from pisa_train.errors import CheckpointError
 
@@ -86,7 +87,6 @@ def model_num_classes(model):
 def refuse_mismatched_checkpoint(model, checkpoint: dict, path: str) -> None:
     """A CheckpointError if ``checkpoint`` (as loaded from ``path``) does not fit ``model``:
     a weight of another shape, or a weight of the model missing from it."""
-    from mmengine.model import is_model_wrapper
 
     model = model.module if is_model_wrapper(model) else model
     state = checkpoint.get("state_dict", checkpoint)
@@ -112,7 +112,6 @@ def prepare_fine_tuning(model, checkpoint: dict, path: str) -> str | None:
     its class-specific layers that differ in shape (another number of classes) are replaced, in
     place, by the model's freshly initialised ones. Returns the line that names those layers (None
     when there are none); raises CheckpointError for any other difference."""
-    from mmengine.model import is_model_wrapper
 
     model = model.module if is_model_wrapper(model) else model
     state = checkpoint.get("state_dict", checkpoint)

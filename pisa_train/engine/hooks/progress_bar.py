@@ -8,25 +8,33 @@ the ETAs (of the epoch and of the run). MMEngine's own log lines still appear,
 above the bar: the hook clears the bar before the logger writes and redraws it
 after.
 
-When stdout is not a terminal (CI, ``| tee``, Slurm's log files) the hook does
-nothing at all, so logs hold MMEngine's plain lines and no carriage returns or
+In a Jupyter kernel (pisa_train.train from a notebook) the line is a tqdm.auto
+bar instead (``NotebookLine``): a widget where ipywidgets is installed, else
+tqdm's text line, which a notebook redraws in place.
+
+When stdout is not a terminal (CI, ``| tee``, Slurm's log files) and not a
+notebook's, the hook does nothing at all, so logs hold MMEngine's plain lines and no carriage returns or
 escape codes; nor does it on any rank but 0 of a distributed run. It changes
 nothing that is trained or saved. config/rewrites.py's ``show_progress_bars`` adds
 it (``--no-progress`` leaves it out). The line is drawn by terminal.py's
 ``TerminalLine``, the renderer every pisa-* command uses; the run's other console
-output is routed above it by engine/patches/console_streams.py.
+output is routed above it by engine/hooks/console_streams.py.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
+from mmengine.runner import EpochBasedTrainLoop
+from tqdm.auto import tqdm
 
-from pisa_train.engine.patches.console_streams import ConsoleAboveTheLine
-from pisa_train.terminal import REDRAW_SECONDS, TerminalLine, format_duration, is_terminal, progress_bar
+from pisa_train.engine.hooks.console_streams import ConsoleAboveTheLine
+from pisa_train.terminal import REDRAW_SECONDS, TerminalLine, format_duration, is_terminal, progress_bar, write_line
 
 
 def _eta(remaining: int, seconds_per_iter: float | None) -> str:
@@ -86,6 +94,40 @@ class _PhaseClock:
         return (now - self._first_done_at) / (self._count - 1)
 
 
+def in_jupyter_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (a notebook, or nbclient running one)."""
+    return "ipykernel" in sys.modules and not is_terminal(sys.stdout)
+
+
+class NotebookLine:
+    """The progress line in a notebook: tqdm.auto's bar with the hook's text beside it. It has
+    TerminalLine's methods, so the hook draws it as it draws a terminal's line."""
+
+    def __init__(self):
+        self.text = ""
+        self._bar = tqdm(total=1, bar_format="{bar}| {desc}", dynamic_ncols=True, leave=False)
+
+    def show(self, text: str, done: int | None = None, total: int | None = None) -> None:
+        self.text = text
+        if total is not None and total != self._bar.total:
+            self._bar.reset(total=total)
+        if done is not None:
+            self._bar.n = done
+        self._bar.set_description_str(text, refresh=True)
+
+    def clear(self) -> None:
+        pass  # the notebook keeps the bar and the printed lines apart
+
+    def redraw(self) -> None:
+        self._bar.refresh()
+
+    def close(self, last_line: str | None = None) -> None:
+        self._bar.close()
+        if last_line:
+            write_line(last_line, sys.stdout)
+        self.text = ""
+
+
 class ProgressBarHook(Hook):
     """Draws the progress bar of training, validation and testing on rank 0's terminal."""
 
@@ -105,11 +147,14 @@ class ProgressBarHook(Hook):
 
     # --- set-up and tear-down -------------------------------------------------------------------
     def before_run(self, runner) -> None:
-        from mmengine.dist import is_main_process
-
         stream = self._stream if self._stream is not None else sys.stdout
         interactive = is_terminal(stream) if self._interactive is None else self._interactive
-        if not interactive or not is_main_process():
+        if not is_main_process():
+            return
+        if not interactive and self._interactive is None and in_jupyter_kernel():
+            self.line = NotebookLine()  # a notebook shows MMEngine's lines and the widget apart: no rerouting
+            return
+        if not interactive:
             return
         self.line = TerminalLine(stream, *(() if self._columns is None else (self._columns,)))
         # Everything else that writes to this terminal during the run goes above the bar too:
@@ -130,11 +175,14 @@ class ProgressBarHook(Hook):
             self._console = None
         self.line = None
 
-    def _draw(self, text: str, last: bool) -> None:
+    def _draw(self, text: str, last: bool, done: int | None = None, total: int | None = None) -> None:
         now = self._clock()
         if last or now - self._last_drawn >= REDRAW_SECONDS:
             self._last_drawn = now
-            self.line.show(text)
+            if isinstance(self.line, NotebookLine):
+                self.line.show(text, done, total)
+            else:
+                self.line.show(text)
 
     # --- training -------------------------------------------------------------------------------
     def before_train(self, runner) -> None:
@@ -146,7 +194,6 @@ class ProgressBarHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self.line is None:
             return
-        from mmengine.runner import EpochBasedTrainLoop
 
         seconds_per_iter = self._train_clock.tick()
         run_done, run_total = runner.iter + 1, runner.max_iters
@@ -156,7 +203,7 @@ class ProgressBarHook(Hook):
             figures.update(epoch=runner.epoch + 1, max_epochs=runner.max_epochs, epoch_done=batch_idx + 1,
                            epoch_length=len(runner.train_dataloader))
         last = run_done == run_total or batch_idx + 1 == figures.get("epoch_length")
-        self._draw(training_line(**figures), last)
+        self._draw(training_line(**figures), last, run_done, run_total)
 
     def after_train(self, runner) -> None:
         if self.line is None:
@@ -174,7 +221,8 @@ class ProgressBarHook(Hook):
 
     def _after_evaluation_iter(self, phase: str, batch_idx: int, total: int) -> None:
         if self.line is not None:
-            self._draw(evaluation_line(phase, batch_idx + 1, total, self._eval_clock.tick()), batch_idx + 1 == total)
+            self._draw(evaluation_line(phase, batch_idx + 1, total, self._eval_clock.tick()), batch_idx + 1 == total,
+                       batch_idx + 1, total)
 
     def _after_evaluation(self) -> None:
         if self.line is not None:

@@ -27,9 +27,13 @@ import math
 import signal
 import threading
 
+import torch
+import torch.distributed as dist
+from mmengine.dist import all_gather_object, get_comm_device
 from mmengine.hooks import Hook
+from mmengine.optim import OptimWrapper
 
-from pisa_train.engine.patches.skip_nonfinite_updates import skip_nonfinite_updates
+from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
 from pisa_train.errors import ConfigError, NonFiniteLossError, PisaError, TrainingStopped
 from pisa_train.terminal import write_line
 
@@ -72,8 +76,6 @@ def describe_nonfinite(iteration: int, bad_by_rank: dict[int, list[tuple[str, fl
 
 
 def _world_size() -> int:
-    import torch.distributed as dist
-
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -82,10 +84,6 @@ def _on_any_rank(flag: bool) -> bool:
     others wait forever in the next all-reduce."""
     if _world_size() == 1:
         return flag
-    import torch
-    import torch.distributed as dist
-
-    from mmengine.dist import get_comm_device
 
     value = torch.tensor([int(flag)], device=get_comm_device(None))
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -97,8 +95,6 @@ def raised_by_every_process(error: PisaError) -> PisaError:
     collective): in a distributed run each, once it has written its line, waits until all have,
     for torchrun stops the rest as soon as one exits, maybe before their line is out (CI saw it)."""
     if _world_size() > 1:
-        import torch.distributed as dist
-
         error.after_report = dist.barrier
     return error
 
@@ -110,7 +106,6 @@ def nonfinite_by_rank(bad: list[tuple[str, float]]) -> dict[int, list[tuple[str,
         return {0: bad} if bad else {}
     if not _on_any_rank(bool(bad)):
         return {}
-    from mmengine.dist import all_gather_object  # only on the rare iteration that has a non-finite loss
 
     return {rank: terms for rank, terms in enumerate(all_gather_object(bad)) if terms}
 
@@ -124,8 +119,11 @@ class NonFiniteLossHook(Hook):
         self.skips_in_a_row = 0
 
     def before_train(self, runner) -> None:
-        if self.action == "skip":
-            skip_nonfinite_updates(runner.optim_wrapper)
+        # The skipping itself is engine/patches/skip_nonfinite_updates.py, which install_into_mmengine applies
+        # to OptimWrapper for a config that asks for it; it has no way to skip a step of several optimizers.
+        if self.action == "skip" and not isinstance(runner.optim_wrapper, OptimWrapper):
+            raise ConfigError("nonfinite_loss='skip' needs a single optimizer (an OptimWrapper); this config has "
+                              f"{type(runner.optim_wrapper).__name__}; use nonfinite_loss='stop'")
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         bad_by_rank = nonfinite_by_rank(nonfinite_terms(outputs))
@@ -183,7 +181,6 @@ class StopOnSignalHook(Hook):
         if not _on_any_rank(self.requested is not None):
             return
         self.requested = self.requested or "a signal to another process"
-        from pisa_train.engine.hooks.atomic_checkpoint import AtomicCheckpointHook
 
         savers = [hook for hook in runner.hooks if isinstance(hook, AtomicCheckpointHook)]
         if not savers:

@@ -30,12 +30,14 @@ compares the port with PR #3332's line applied to mmcv's own source.
 """
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from collections.abc import Callable
+
+from pisa_train.engine.patches.rebinding import rebind_everywhere
 
 
 def batched_nms_on_common_dtype(batched_nms: Callable) -> Callable:
     """``batched_nms`` that promotes boxes and scores to one dtype first (mmcv PR #3332's result)."""
-    import functools
 
     import torch
 
@@ -51,6 +53,5 @@ def batched_nms_on_common_dtype(batched_nms: Callable) -> Callable:
 
 def fix_batched_nms_dtype_clash() -> Callable:
     """Install the port of mmcv PR #3332 in mmcv and in every module that imported batched_nms."""
-    from pisa_train.engine.patches.rebinding import rebind_everywhere
 
     return rebind_everywhere("mmcv.ops.nms", "batched_nms", batched_nms_on_common_dtype)

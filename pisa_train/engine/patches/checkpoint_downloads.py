@@ -12,8 +12,8 @@ download.openmmlab.com, has failed since June 2026 (open-mmlab/mmdetection#12446
 ``register_remote_checkpoint_loaders`` re-registers those prefixes with ``load_from_verified_download``
 (``CheckpointLoader.register_scheme(..., force=True)``, mmengine's own extension point):
 fetch/weights.py maps the name through mmengine's own tables, downloads from the mirrors in order
-and verifies the file; checkpoint_loading.load_checkpoint_file then reads it weights-only (and only
-a file named by ``--trust-checkpoint`` in full). A ``mmcls://`` checkpoint is then reduced to its
+and verifies the file; engine/checkpoint_files.py's load_checkpoint_file then reads it weights-only (and
+only a file named by ``--trust-checkpoint`` in full), as checkpoint_loading.py has mmengine read local files. A ``mmcls://`` checkpoint is then reduced to its
 backbone by mmengine's own ``_process_mmcls_checkpoint``, as load_from_mmcls does. In a distributed
 run rank 0 fetches first and the others wait, as load_from_http does.
 Guard tests: tests/test_checkpoint_downloads.py::test_upstream_loads_an_https_checkpoint_with_torch_hub_unpickling_in_full
@@ -23,6 +23,10 @@ this patch.
 """
 from __future__ import annotations
 
+from pisa_train.engine.checkpoint_files import load_checkpoint_file
+from pisa_train.engine.patch_state import PATCH_STATE
+from pisa_train.fetch.weights import fetch_checkpoint
+
 REMOTE_PREFIXES = ("http://", "https://", "torchvision://", "modelzoo://", "open-mmlab://", "openmmlab://",
                    "mmcls://")
 
@@ -31,9 +35,6 @@ def load_from_verified_download(filename: str, map_location=None):
     """mmengine's CheckpointLoader calls this for every prefix in REMOTE_PREFIXES (its log line
     names the loader by what follows ``load_from_``: "verified_download")."""
     from mmengine.dist import barrier, get_dist_info
-
-    from pisa_train.engine.patches.checkpoint_loading import load_checkpoint_file
-    from pisa_train.fetch.weights import fetch_checkpoint
 
     rank, world_size = get_dist_info()
     if rank > 0:
@@ -51,14 +52,10 @@ def load_from_verified_download(filename: str, map_location=None):
     return checkpoint
 
 
-_registered = False
-
-
 def register_remote_checkpoint_loaders() -> None:
-    global _registered
-    if _registered:
+    if PATCH_STATE.was_applied("remote checkpoint loaders"):
         return
     from mmengine.runner.checkpoint import CheckpointLoader
 
     CheckpointLoader.register_scheme(prefixes=REMOTE_PREFIXES, loader=load_from_verified_download, force=True)
-    _registered = True
+    PATCH_STATE.record_applied("remote checkpoint loaders")

@@ -31,7 +31,12 @@ import os
 import subprocess
 from collections.abc import Callable, Mapping
 
+import torch
+import torch.distributed as torch_dist
 from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
+
+from pisa_train.errors import EnvironmentProblem
 
 
 class CpuDistributedDataParallel(MMDistributedDataParallel):
@@ -44,14 +49,11 @@ class CpuDistributedDataParallel(MMDistributedDataParallel):
 
 
 def register_cpu_model_wrapper() -> None:
-    from mmengine.registry import MODEL_WRAPPERS
-
     MODEL_WRAPPERS.register_module(module=CpuDistributedDataParallel, force=True)
 
 
 def first_host_of(node_list: str) -> str:
     """The first host of a Slurm node list ("node[03-05]" -> "node03"), as mmengine asks scontrol."""
-    from pisa_train.errors import EnvironmentProblem
 
     try:
         hosts = subprocess.run(["scontrol", "show", "hostname", node_list], capture_output=True, text=True,
@@ -72,7 +74,6 @@ def slurm_process_environment(environ: Mapping[str, str], port=None,
     from its SLURM_* variables, as mmengine 0.10.7's ``_init_dist_slurm`` sets them: the
     master port is ``port`` (the config's ``env_cfg.dist_cfg.port``), else MASTER_PORT, else
     29500; the master address MASTER_ADDR, else the node list's first host."""
-    from pisa_train.errors import EnvironmentProblem
 
     missing = [name for name in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST") if name not in environ]
     if missing:
@@ -89,7 +90,6 @@ def mpi_process_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT of a process that Open MPI's
     mpirun started, as mmengine 0.10.7's ``_init_dist_mpi`` sets them (MASTER_ADDR must be
     exported to every process; MASTER_PORT defaults to 29500)."""
-    from pisa_train.errors import EnvironmentProblem
 
     missing = [name for name in ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE") if name not in environ]
     if missing:
@@ -110,8 +110,6 @@ def init_process_group_on_cpu(cfg) -> bool:
     OMPI_COMM_WORLD_* variables, likewise) on CPUs, as mmengine would without its
     ``torch.cuda.set_device``. True if it did; False when there is nothing to do (not
     distributed, another launcher, already started, or a GPU run, which mmengine starts itself)."""
-    import torch
-    import torch.distributed as torch_dist
 
     launcher = cfg.get("launcher", "none")
     if launcher not in ("pytorch", "slurm", "mpi") or torch_dist.is_initialized() or torch.cuda.is_available():

@@ -76,8 +76,6 @@ def provide_mmcv_ext_when_missing() -> None:
 
 def mmcv_ext_is_compiled() -> bool:
     """Whether ``mmcv._ext`` is mmcv's compiled module (not this patch's stand-in)."""
-    import importlib
-
     try:
         module = importlib.import_module(MODULE_NAME)
     except ImportError:

@@ -33,7 +33,10 @@ float32 run) and tests/test_amp.py::test_pisa_x101_forward_under_autocast_matche
 """
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from collections.abc import Callable
+
+from pisa_train.engine.patches.rebinding import rebind_everywhere
 
 # (module, function): the mmcv ops that run in float32 under autocast.
 MMCV_OPS = (("mmcv.ops.roi_align", "roi_align"), ("mmcv.ops.nms", "nms"), ("mmcv.ops.nms", "soft_nms"),
@@ -61,7 +64,6 @@ def _to_dtype(value, dtype):
 def in_float32_under_autocast(op: Callable) -> Callable:
     """``op`` that, under autocast, gets float32 inputs, runs with autocast off, and returns
     its floating outputs in the dtype its inputs promote to."""
-    import functools
 
     import torch
 
@@ -82,7 +84,5 @@ def in_float32_under_autocast(op: Callable) -> Callable:
 
 
 def run_mmcv_ops_in_float32_under_autocast() -> None:
-    from pisa_train.engine.patches.rebinding import rebind_everywhere
-
     for module, name in MMCV_OPS:
         rebind_everywhere(module, name, in_float32_under_autocast)

@@ -10,15 +10,15 @@ Used by batched_nms_dtypes.py and mmcv_ops_in_float32.py.
 """
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def rebind_everywhere(module_name: str, name: str, make_replacement: Callable[[Callable], Callable]) -> Callable:
     """Replace ``module_name.name`` by ``make_replacement(original)`` in every loaded module
     that holds the original under ``name``, and return the replacement (whose ``__wrapped__``
     is the original). Done once: a second call finds the replacement in place and returns it."""
-    import importlib
 
     current = vars(importlib.import_module(module_name))[name]
     if getattr(current, "_pisa_train_replacement", False):
@@ -36,7 +36,6 @@ def rebind_everywhere(module_name: str, name: str, make_replacement: Callable[[C
 
 def upstream_of(module_name: str, name: str) -> Callable:
     """``module_name.name`` as upstream defines it, replaced or not (for guard tests)."""
-    import importlib
 
     current = vars(importlib.import_module(module_name))[name]
     return current.__wrapped__ if getattr(current, "_pisa_train_replacement", False) else current

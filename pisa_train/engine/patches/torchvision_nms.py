@@ -41,6 +41,8 @@ How it hooks in (mmcv 2.1.0):
 """
 from __future__ import annotations
 
+import importlib
+
 
 class NmsKernelOnTorchvision:
     """Stands in for ``mmcv._ext`` inside ``mmcv.ops.nms``: its ``nms`` is torchvision's,
@@ -61,7 +63,6 @@ class NmsKernelOnTorchvision:
 
 def _mmcv_nms_module():
     # Not ``import mmcv.ops.nms as m``: mmcv.ops re-exports the function nms, which shadows the module.
-    import importlib
 
     return importlib.import_module("mmcv.ops.nms")
 

@@ -1,4 +1,7 @@
-"""Patch: the console output of a run written above the progress bar, not over it.
+"""The console output of a run written above the progress bar, not over it.
+
+Not a patch of upstream code (nothing of mmengine's is replaced): for the length of a run, the progress
+bar's hook hands the streams of mmengine's console handlers a wrapper, and gives them back after.
 
 Upstream: mmengine 0.10.7's ``MMLogger`` writes its console lines through a
 ``logging.StreamHandler`` made with the ``sys.stdout`` of the moment the logger

@@ -9,8 +9,7 @@ file's size and SHA-256, whether it is pure Python (``py3-none-any``) or platfor
 total size. Given the target's ``pip freeze`` it leaves out what the target already has, resolving
 the rest against the target's versions so that the two fit together.
 
-It is not a general packaging tool: it serves setup_env.py, and like it uses only the standard
-library.
+It is not a general packaging tool: it serves the set-up, and like it uses only the standard library.
 """
 from __future__ import annotations
 
@@ -24,7 +23,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-import package_index
+from . import package_index
+from .messages import SetupFailed, say
+from .pins import Pins, build_tool_requirements, check_python_version, compiled_mmcv_version, package_requirements
 
 MANIFEST = "manifest.json"
 # What a wheelhouse never holds: the target's own torch, and what it brings along (its CUDA
@@ -172,7 +173,7 @@ def build(folder: Path, *, build_tools: list[str], requirements: list[str], mmcv
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    for_python = ["--python-version", target_python] if target_python != "%d.%d" % sys.version_info[:2] else []
+    for_python = ["--python-version", target_python] if target_python != "{}.{}".format(*sys.version_info[:2]) else []
     pip_download = [sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "--quiet",
                     "-d", str(partial)]
     # Wheels only: an sdist would have to be built on the target, which has no index to fetch its
@@ -217,4 +218,29 @@ def build(folder: Path, *, build_tools: list[str], requirements: list[str], mmcv
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(partial, folder)
+    return manifest
+
+
+def write_for_target(pins: Pins, folder: Path, *, mmcv: str, target_has_file: Path | None,
+                     target_python: str) -> dict:
+    """``--wheelhouse DIR``: check the target's description, write the wheelhouse and say what it holds."""
+    target_has: dict = {}
+    if target_has_file:
+        if not target_has_file.is_file():
+            raise SetupFailed(f"--target-has {target_has_file}: no such file; on the target run "
+                              f"`python -m pip freeze > {target_has_file.name}` and copy it here")
+        target_has = read_freeze(target_has_file.read_text())
+    if not re.fullmatch(r"3\.\d+", target_python):
+        raise SetupFailed(f"--target-python {target_python}: give the target's Python as X.Y, e.g. 3.12")
+    check_python_version((*map(int, target_python.split(".")), 0), python="--target-python")
+    manifest = build(
+        folder.resolve(), build_tools=build_tool_requirements(pins, mmcv),
+        requirements=package_requirements(pins, mmcv),
+        mmcv_sdist_version=compiled_mmcv_version(pins) if mmcv == "compiled" else None,
+        target_has=target_has, target_python=target_python, say=say)
+    for line in summary_lines(manifest):
+        say(line)
+    say(f"wrote {folder}/ (list: {folder}/{MANIFEST}); on the target: "
+        f"python tools/setup_env.py --offline {folder} --use-system-torch"
+        + (" --mmcv compiled" if mmcv == "compiled" else ""))
     return manifest
