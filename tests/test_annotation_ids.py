@@ -286,6 +286,46 @@ def test_validation_during_training_scores_the_real_export_as_its_twin(tmp_path,
     assert validation_map(export / "valid" / "_annotations.coco.json") < 0.99  # the bug: 0.943
 
 
+def test_without_data_the_configs_own_evaluators_read_a_renumbered_copy(tmp_path, roboflow_export):
+    """A config whose val and test evaluators name a file numbered from 0 (no --data): validation and pisa-eval
+    read a copy numbered from 1 in the work dir, which scores as the twin; --print-config writes nothing, and a
+    file whose ids are usable is read as it is."""
+    source = roboflow_export / "train" / "_annotations.coco.json"
+    before = source.read_bytes()
+    work = tmp_path / "work"
+    options = ["--cfg-options", f"val_evaluator.ann_file={source}", f"test_evaluator.ann_file={source}"]
+    argv = [str(X101_PISA_CONFIG), "--work-dir", str(work), *options]
+    printed = build_train_config(train_cli.parse_request([*argv, "--print-config"]), "cpu").cfg
+    assert not work.exists()
+    cfg, notes = build_train_config(train_cli.parse_request(argv), "cpu")
+    assert cfg.to_dict() == printed.to_dict()
+    copies = {key: work / "annotations" / f"{key.split('_')[0]}_{source.name}" for key in ("val_evaluator",
+                                                                                          "test_evaluator")}
+    for key, copy_path in copies.items():
+        assert cfg[key].ann_file == str(copy_path)
+        assert f"  {key} reads {copy_path}: a copy of {source} with annotation ids renumbered from 1 (the file " \
+               f"numbers them from 0, which COCO evaluation reads as 'unmatched')" in notes
+        assert [a["id"] for a in json.loads(copy_path.read_text())["annotations"]] == list(
+            range(1, len(json.loads(before)["annotations"]) + 1))
+    assert source.read_bytes() == before  # the user's file, byte for byte
+    raw = json.loads(before)
+    detections = perfect_detections(raw)
+    assert plain_coco_eval(copies["val_evaluator"], detections, "pycocotools")[0] == 1.0
+    assert plain_coco_eval(source, detections, "pycocotools")[0] < 0.99  # what validation read before: 0.943
+
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"")  # the test loop does not run here
+    test_cfg, _ = build_test_config(eval_cli.parse_request(
+        [str(X101_PISA_CONFIG), str(checkpoint), "--work-dir", str(work), *options]), "cpu")
+    assert test_cfg.test_evaluator.ann_file == str(copies["test_evaluator"])
+
+    usable = write_json(tmp_path / "usable.json", with_ids(raw, range(1, len(raw["annotations"]) + 1)))
+    cfg, notes = build_train_config(train_cli.parse_request(
+        [str(X101_PISA_CONFIG), "--work-dir", str(tmp_path / "other"), "--cfg-options",
+         f"val_evaluator.ann_file={usable}"]), "cpu")
+    assert cfg.val_evaluator.ann_file == str(usable) and not any("renumbered" in note for note in notes)
+
+
 def test_pisa_eval_scores_and_analyses_the_real_export_as_its_twin(tmp_path, roboflow_export):
     """pisa-eval's config (--data) and what it does once the test loop has dumped the detections."""
 

@@ -10,7 +10,9 @@ earlier one where both set the same key:
    where the images are found under other names than the annotation file's, or
    its annotation ids are ones COCO evaluation cannot use (from 0, duplicated), a
    corrected copy of it is written into the work dir (step 4's work dir, decided
-   here by the same precedence) and read instead;
+   here by the same precedence) and read instead. Without ``--data``, pisa-train's
+   and pisa-eval's COCO evaluators get the same renumbered copy where their own
+   annotation file has ids COCO evaluation cannot use;
 4. the flags, each a pure rewrite from config/rewrites.py, in the order written
    in the builder below. Where a flag and the config both decide something, the
    flag wins; where neither does, MMDetection's default stands (the work dir:
@@ -31,7 +33,7 @@ from typing import Any, NamedTuple
 
 from pisa_train.config import checkpoint_references
 from pisa_train.config import rewrites as rewrite
-from pisa_train.config.dataset_folder import require_split_to_test, use_dataset_folder
+from pisa_train.config.dataset_folder import require_split_to_test, use_dataset_folder, use_usable_annotation_ids
 from pisa_train.config.loading import load_config, parse_cfg_options
 from pisa_train.config.requests import ExportRequest, InferRequest, TestRequest, TrainRequest
 from pisa_train.engine.device import choose_amp_dtype, mmcv_kernels, require_tensorboard
@@ -51,15 +53,16 @@ def _overrides(items, flag: str) -> dict:
 
 
 def load_with_overrides(request: TrainRequest | TestRequest | InferRequest, data: str | None = None,
-                        work_dir: str | None = None, print_config: str | None = None) -> BuiltConfig:
+                        work_dir: str | None = None, print_config: str | None = None,
+                        evaluates: bool = False) -> BuiltConfig:
     """Steps 1 to 3: the config file, --cfg-options, --cfg-add and --data (pisa-train and pisa-eval's,
     with their --work-dir and --print-config, which decide where and whether its corrections are written)."""
     cfg = load_config(request.config, _overrides(request.cfg_options, "--cfg-options"),
                       _overrides(request.cfg_add, "--cfg-add"))
-    if not data:
-        return BuiltConfig(cfg, [])
-
     annotations_dir = os.path.join(rewrite.apply_work_dir(cfg, work_dir, request.config).work_dir, "annotations")
+    if not data:  # pisa-train's and pisa-eval's evaluators: annotation ids COCO evaluation can use, as with --data
+        return BuiltConfig(*use_usable_annotation_ids(cfg, annotations_dir, write=print_config is None)
+                           if evaluates else (cfg, []))
     return BuiltConfig(*use_dataset_folder(cfg, data, annotations_dir, write=print_config is None,
                                            cfg_options=request.cfg_options))
 
@@ -95,7 +98,7 @@ def _inference_precision(cfg, request: TestRequest | InferRequest, device: str):
 
 def build_train_config(request: TrainRequest, device: str, kernels=None) -> BuiltConfig:
     """pisa-train's config. ``kernels``: what mmcv's ops run on (default: this machine's)."""
-    cfg, notes = load_with_overrides(request, request.data, request.work_dir, request.print_config)
+    cfg, notes = load_with_overrides(request, request.data, request.work_dir, request.print_config, evaluates=True)
     cfg = _run_on(cfg, request, device, kernels, request.launcher, request.work_dir)
     cfg = rewrite.use_cpu_model_wrapper(cfg, device)  # after the launcher: only distributed CPU runs
     precision = amp_dtype(request, device)
@@ -139,7 +142,7 @@ def build_test_config(request: TestRequest, device: str, kernels=None) -> BuiltC
         raise UsageError(f"--score-thr must be between 0 and 1, not {request.score_thr}")
     if request.worst_images < 0:
         raise UsageError(f"--worst-images must be 0 or more, not {request.worst_images}")
-    cfg, notes = load_with_overrides(request, request.data, request.work_dir, request.print_config)
+    cfg, notes = load_with_overrides(request, request.data, request.work_dir, request.print_config, evaluates=True)
     if request.data:
         require_split_to_test(cfg, request.data)  # before the checkpoint is loaded: nothing to test on
     cfg = _run_on(cfg, request, device, kernels, request.launcher, request.work_dir)

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from pisa_train.config.loading import CONFIGS_DIR
 from pisa_train.data.check import resolve_checked_dataset
-from pisa_train.data.coco_annotations import write_corrected_copy
+from pisa_train.data.coco_annotations import summarise_annotation_file, write_corrected_copy
 from pisa_train.data.layout import DatasetLayout, SplitFiles, describe_dataset
 from pisa_train.data.presence import innermost_dataset
 from pisa_train.errors import ConfigError, DataError
@@ -226,3 +226,33 @@ def require_split_to_test(cfg: Any, folder: str | Path) -> None:
         raise DataError(f"dataset {folder} has no validation or test split to evaluate on; hold some images out "
                         f"with `pisa-data split {folder} --dest {Path(folder).as_posix().rstrip('/')}-split`, train "
                         f"on that folder and evaluate with --data {Path(folder).as_posix().rstrip('/')}-split")
+
+
+def _coco_evaluators(cfg: Any, key: str) -> list[Any]:
+    evaluators = cfg.get(key)
+    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+    return [evaluator for evaluator in evaluators if isinstance(evaluator, dict)
+            and "CocoMetric" in str(evaluator.get("type", "")) and isinstance(evaluator.get("ann_file"), str)]
+
+
+def use_usable_annotation_ids(cfg: Any, annotations_dir: str | Path, write: bool = True) -> DatasetApplied:
+    """Without ``--data``: each COCO evaluator whose annotation file has ids that COCO evaluation cannot use
+    (from 0, repeated, missing) reads a copy numbered 1..N, ``annotations_dir/<val|test>_<file name>``, as
+    ``--data`` does (the module's docstring says why the work dir); the user's file is not written. A file
+    too large to read in full here (data/coco_annotations.py) is left as it is."""
+    cfg, notes = copy.deepcopy(cfg), []
+    for key in ("val_evaluator", "test_evaluator"):
+        for evaluator in _coco_evaluators(cfg, key):
+            source = Path(evaluator["ann_file"])
+            if not source.is_file() or Path(annotations_dir) in source.parents:
+                continue  # missing: the run's own check says so; in the work dir: a copy already
+            problems = summarise_annotation_file(source).id_problems
+            if not problems:
+                continue
+            target = Path(annotations_dir) / f"{key.split('_')[0]}_{source.name}"
+            if write:
+                write_corrected_copy(source, target, renumber_ids=True)
+            evaluator["ann_file"] = str(target)
+            notes.append(f"  {key} reads {target}: a copy of {source} with annotation ids renumbered from 1 "
+                         f"({'; '.join(problems)})")
+    return DatasetApplied(cfg, notes)
