@@ -28,22 +28,15 @@ from pisa_train.config.loading import load_config
 from pisa_train.engine import onnx_export
 from pisa_train.engine.runner import load_detector
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from coco_eval_speed import cpu_model  # benchmarks/coco_eval_speed.py, on the path just above
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = {
     "demo": ("configs/pisa_faster_rcnn_r18_fpn_demo_shapes.py", (128, 128)),
     "x101": ("configs/pisa_faster_rcnn_x101_32x4d_fpn_1x_coco.py", (1333, 800)),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def build_model(config: str, checkpoint: str | None, scratch: str):
