@@ -92,6 +92,23 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[str]:
     return removed
 
 
+# The lock descriptors this process opened, by number, with the process that opened them. A forked child (a
+# dataloader worker) gets copies of them, and with them the lock: were its parent killed, the lock would be
+# held until the child noticed and exited, and a restart would be refused meanwhile. The child closes its
+# copies as it starts (closing a copy releases nothing while the parent holds its own).
+_LOCK_DESCRIPTORS: dict[int, int] = {}
+
+
+def _close_inherited_lock_descriptors() -> None:
+    for fd in list(_LOCK_DESCRIPTORS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_DESCRIPTORS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_lock_descriptors)
+
+
 @contextlib.contextmanager
 def hold_exclusive_lock(path: str | os.PathLike, what: str, way_forward: str,
                         on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
@@ -103,6 +120,7 @@ def hold_exclusive_lock(path: str | os.PathLike, what: str, way_forward: str,
     path = os.fspath(path)
     os.makedirs(osp.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    _LOCK_DESCRIPTORS[fd] = os.getpid()
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -118,4 +136,5 @@ def hold_exclusive_lock(path: str | os.PathLike, what: str, way_forward: str,
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # closing the last descriptor releases the lock
+        if _LOCK_DESCRIPTORS.pop(fd, None) == os.getpid():  # not in a forked child, which closed it at the fork
+            os.close(fd)  # closing the last descriptor releases the lock

@@ -67,6 +67,26 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
         holder.wait()
 
 
+def test_a_killed_runs_forked_children_do_not_keep_its_lock(tmp_path):
+    """A dataloader worker is a forked child, with a copy of every descriptor: of the lock too. Killed with
+    kill -9, a run's workers outlive it a few seconds, and the next start was refused meanwhile, naming a
+    process that no longer ran. The child here sleeps on after its parent is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time\nfrom pisa_train.engine.work_dir_lock import one_run_in_work_dir\n"
+         "with one_run_in_work_dir(sys.argv[1]):\n    child = os.fork()\n    if child == 0:\n"
+         "        time.sleep(600)\n        os._exit(0)\n    print(child, flush=True)\n    time.sleep(600)\n",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the child still runs
+        with one_run_in_work_dir(tmp_path):
+            pass
+    finally:
+        os.kill(child, 9)
+
+
 @pytest.mark.slow
 def test_two_real_runs_in_one_work_dir_the_second_is_refused_and_the_first_finishes_with_every_checkpoint(tmp_path):
     work_dir = tmp_path / "work"
